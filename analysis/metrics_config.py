@@ -1,0 +1,18 @@
+"""Config section ``eval``: feature networks and sample counts for quality metrics."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pretrain.configlib import bounded, choice, doc
+
+
+@dataclass
+class EvalConfig:
+    feature_net: str = choice("mnist-cnn", ("mnist-cnn", "inception"), help="inception needs inception_weights")
+    inception_weights: str = doc("", "local pt_inception-2015-12-05 weights (pytorch-fid format)")
+    net_ckpt: str = doc("", "platform-trained feature net; empty = <SRDD_HOME>/eval_net/<source>.pt")
+    n_samples: int = bounded(1000, min=2, help="generated images per evaluation")
+    batch_size: int = bounded(100, min=1)
+    kid: bool = doc(True, "also compute KID")
+    pr_k: int = bounded(3, min=1, help="k of the k-NN manifolds for precision/recall")
+    net_epochs: int = bounded(4, min=1, help="epochs for `srdd eval-net-train`")

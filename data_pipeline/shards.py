@@ -1,0 +1,4 @@
+"""`srdd shards` (not yet built: issue 3/9)."""
+from pretrain.stages import not_yet
+
+main = not_yet("shards", "issue 3/9")

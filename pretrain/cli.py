@@ -1,0 +1,109 @@
+"""``srdd``: one subcommand per stage of the platform.
+
+Every subcommand takes ``--config FILE``, ``--print-config`` and dotlist overrides
+(``srdd train model.size=d2 train.lr_peak=3e-4``). A stage lives in the module
+named in ``STAGES``; it is imported only when its subcommand runs, so
+``srdd --help`` is instant. A stage module provides
+``main(cfg, args) -> int | None`` and optionally ``add_arguments(parser)``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Sequence
+
+from pretrain.config import ConfigError, load_config, to_yaml
+
+log = logging.getLogger("srdd")
+
+
+@dataclass(frozen=True)
+class Stage:
+    module: str
+    help: str
+
+
+# Stage name -> where it lives. Names are a public contract: add, never rename.
+STAGES: dict[str, Stage] = {
+    "shards": Stage("data_pipeline.shards", "write WebDataset image shards from mnist | folder:PATH | tars:PATTERN  [data_pipeline/shards.py]"),
+    "pyramids": Stage("data_pipeline.precompute", "precompute code-pyramid shards with tokenization workers  [data_pipeline/precompute.py]"),
+    "tokenizer-train": Stage("pretrain.tokenizer.train", "train the multi-scale residual VQ-VAE  [pretrain/tokenizer/train.py]"),
+    "import-var": Stage("pretrain.import_var", "import/validate VAR's official vae/var checkpoints  [pretrain/import_var.py]"),
+    "sizes": Stage("pretrain.model.report", "print parameter counts of the size table  [pretrain/model/report.py]"),
+    "train": Stage("pretrain.train.loop", "train one VAR/SRDD transformer with DeepSpeed ZeRO  [pretrain/train/loop.py]"),
+    "sample": Stage("pretrain.sampling.cli", "sample image grids and token pyramids from a run  [pretrain/sampling/cli.py]"),
+    "edit": Stage("pretrain.sampling.edit", "zero-shot inpaint | outpaint | superres  [pretrain/sampling/edit.py]"),
+    "distill": Stage("pretrain.distill", "distill a model onto a shorter scale schedule  [pretrain/distill.py]"),
+    "policy-train": Stage("pretrain.policy", "train the learned resampling policy  [pretrain/policy.py]"),
+    "eval-net-train": Stage("analysis.metrics.feature_net", "train the platform's own feature network  [analysis/metrics/feature_net.py]"),
+    "eval": Stage("analysis.evaluate", "sample from a run and compute FD/IS/precision/recall  [analysis/evaluate.py]"),
+    "fit": Stage("analysis.scaling.cli", "fit scaling laws to a runs table  [analysis/scaling/cli.py]"),
+    "report": Stage("analysis.report", "execute the report notebook into HTML  [analysis/report.py]"),
+    "ablate": Stage("analysis.ablate", "run the Laplacian-pyramid 2x2x2 ablation grid  [analysis/ablate.py]"),
+    "demo": Stage("pretrain.demo", "the whole study end to end on the embedded default  [pretrain/demo.py]"),
+}
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML config merged over the defaults")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotlist overrides, e.g. model.size=d2")
+
+
+def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="srdd",
+        description="VAR/SRDD pretraining and scaling-law platform. Each stage takes dotlist overrides.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for name, spec in STAGES.items():
+        p = sub.add_parser(name, help=spec.help, description=spec.help)
+        _common(p)
+        if name == stage:  # import only the stage that runs (torch/deepspeed imports are slow)
+            add = getattr(importlib.import_module(spec.module), "add_arguments", None)
+            if add is not None:
+                add(p)
+    return parser
+
+
+def _stage_of(argv: Sequence[str]) -> str | None:
+    return next((a for a in argv if a in STAGES), None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stage = _stage_of(argv)
+    args = build_parser(stage).parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"srdd {args.stage}: config error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    module = importlib.import_module(STAGES[args.stage].module)
+    try:
+        rc = module.main(cfg, args)
+    except ConfigError as e:
+        print(f"srdd {args.stage}: config error: {e}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Config section ``sample``: guidance, truncation, refinement and schedule."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pretrain.configlib import ConfigError, bounded, choice, doc, listing
+
+
+@dataclass
+class SampleConfig:
+    cfg: float = bounded(1.5, min=0.0, help="classifier-free guidance scale")
+    cfg_schedule: str = choice("linear", ("linear", "constant", "off"), help="linear = VAR's ramp t_k = cfg*k/(K-1)")
+    top_k: int = bounded(0, min=0, help="0 = off")
+    top_p: float = bounded(0.0, min=0.0, max=1.0, help="0 = off")
+    temperature: float = bounded(1.0, min=1e-6)
+    seed: int = doc(0, "per-call sampling seed")
+    schedule: list[int] = listing([], "patch_nums to sample on; empty = the model's own")
+    refine: str = choice("none", ("none", "sr", "mr", "policy"), help="sr = simple resampling, mr = masked resampling")
+    refine_rounds: int = bounded(1, min=0, help="R: extra passes per refined scale")
+    p_resample: float = bounded(0.5, min=0.0, max=1.0, help="MR: re-draw tokens whose sampled probability < p_resample")
+    refine_scales: list[int] = listing([], "[first, last] scale indices to refine; empty = all")
+    policy_ckpt: str = doc("", "learned resampling policy checkpoint (refine=policy)")
+    n: int = bounded(16, min=1, help="images per `srdd sample` call")
+    classes: list[int] = listing([], "labels to sample; empty = cycle over all classes")
+    batch_size: int = bounded(16, min=1)
+
+    def validate(self, prefix: str) -> None:
+        if self.refine_scales and (len(self.refine_scales) != 2 or self.refine_scales[0] > self.refine_scales[1]):
+            raise ConfigError(f"{prefix}refine_scales={list(self.refine_scales)} must be [first, last] with first <= last")

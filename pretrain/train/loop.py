@@ -1,0 +1,4 @@
+"""`srdd train` (not yet built: issue 4/9)."""
+from pretrain.stages import not_yet
+
+main = not_yet("train", "issue 4/9")

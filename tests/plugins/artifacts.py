@@ -1,0 +1,1 @@
+"""Session fixtures for data artifacts (filled by the data pipeline / tokenizer areas)."""

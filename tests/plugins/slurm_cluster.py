@@ -1,0 +1,1 @@
+"""Session fixture for the local SLURM cluster (filled by the SLURM area)."""
