@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
-from tests.plugins.artifacts import *  # noqa: F401,F403  (MNIST shards, tiny tokenizer, pyramid shards)
-from tests.plugins.slurm_cluster import *  # noqa: F401,F403  (the local SLURM cluster)
-
+# Before torch is imported anywhere: one thread per process on the 2-core CI box.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+
+from tests.plugins.artifacts import *  # noqa: F401,F403,E402  (MNIST shards, pyramid shards: data area)
+from tests.plugins.slurm_cluster import *  # noqa: F401,F403,E402  (the local SLURM cluster: slurm area)
+from tests.plugins.tokenizer_artifacts import *  # noqa: F401,F403,E402  (tiny tokenizer checkpoint: tokenizer area)
 
 
 @pytest.fixture(autouse=True)

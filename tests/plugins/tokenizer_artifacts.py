@@ -1,0 +1,1 @@
+"""Session fixtures for tokenizer artifacts (filled by the tokenizer area)."""
