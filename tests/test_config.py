@@ -74,3 +74,13 @@ def test_mask_presets_resolve_window():
 def test_valid_keys_cover_every_section():
     sections = {k.split(".")[0] for k in valid_keys()}
     assert {"data", "tokenizer", "model", "train", "sample", "eval", "slurm", "pyramid"} <= sections
+
+
+def test_readme_config_reference_is_current():
+    from pathlib import Path
+
+    from pretrain.config_reference import embed
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    text = readme.read_text()
+    assert embed(text) == text, "README config reference is stale: python -m pretrain.config_reference --write README.md"
