@@ -76,7 +76,16 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
             add = getattr(importlib.import_module(spec.module), "add_arguments", None)
             if add is not None:
                 add(p)
+                _defer_required(p)
     return parser
+
+
+def _defer_required(parser: argparse.ArgumentParser) -> None:
+    """Check a stage's required flags after the config, so `--print-config` and key errors come first."""
+    deferred = [a for a in parser._actions if a.required and a.option_strings]
+    for action in deferred:
+        action.required = False
+    parser.set_defaults(_required=[(a.dest, "/".join(a.option_strings)) for a in deferred], _parser=parser)
 
 
 def _stage_of(argv: Sequence[str]) -> str | None:
@@ -96,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    missing = [flag for dest, flag in getattr(args, "_required", []) if getattr(args, dest, None) is None]
+    if missing:
+        args._parser.error(f"the following arguments are required: {', '.join(missing)}")
     module = importlib.import_module(STAGES[args.stage].module)
     try:
         rc = module.main(cfg, args)

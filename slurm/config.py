@@ -19,5 +19,5 @@ class SlurmConfig:
     time_min: int = bounded(0, min=0, help="0 = the size table's default")
     array_tasks: int = bounded(2, min=1, help="tasks of the pyramid-precompute array")
     array_parallelism: int = bounded(2, min=1)
-    signal_s: int = bounded(120, min=10, help="SIGUSR1 this long before the time limit: checkpoint + requeue")
+    signal_s: int = bounded(120, min=10, help="signal this long before the time limit (train_size.sh: USR1; submitit: USR2): checkpoint + requeue")
     log_dir: str = doc("", "empty = <SRDD_HOME>/slurm_logs")

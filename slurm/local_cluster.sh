@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# A real one-node SLURM cluster on this machine (Debian's SLURM 22.05 + munge).
+#
+#   slurm/local_cluster.sh start    install what is missing, write slurm.conf, start munge,
+#                                   slurmctld and slurmd, wait for the node to be idle
+#   slurm/local_cluster.sh stop     stop the daemons this script started (by pid file)
+#   slurm/local_cluster.sh status   exit 0 when the node answers, non-zero otherwise
+#   slurm/local_cluster.sh env      print the environment lines users need
+#
+# State (config, spool, logs, pid files, job completion log) lives in
+# ${SRDD_SLURM_DIR:-<repo>/.slurm}. Ports: ${SRDD_SLURM_PORT:-6817} (slurmctld) and +1 (slurmd).
+# Accounting: no slurmdbd; slurmctld writes a job completion log (jobcomp/filetxt) that the
+# sacct stand-in in slurm/bin/ reads, so submitit learns that a job died (see docs/slurm.md).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DIR="${SRDD_SLURM_DIR:-$REPO/.slurm}"
+PORT="${SRDD_SLURM_PORT:-6817}"
+CPUS="${SRDD_SLURM_CPUS:-$(nproc)}"
+CONF="$DIR/etc/slurm.conf"
+BIN="$REPO/slurm/bin"
+START_TIMEOUT_S="${SRDD_SLURM_START_TIMEOUT_S:-60}"
+export SLURM_CONF="$CONF"
+
+log() { echo "local_cluster: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+ensure_packages() {
+    local need=() cmd pkg
+    for pair in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge; do
+        cmd="${pair%%:*}"; pkg="${pair#*:}"
+        command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
+    done
+    [ "${#need[@]}" -eq 0 ] && return 0
+    [ "$(id -u)" -eq 0 ] || die "SLURM packages missing (${need[*]}) and not root: install them with apt"
+    log "installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 || {
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${need[@]}"
+    }
+}
+
+# Memory the node advertises: all of it, so `--mem` requests up to the machine's size schedule.
+real_memory_mb() { awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo; }
+
+write_conf() {
+    mkdir -p "$DIR"/{etc,state,spool,log,run,jobs}
+    local tmp="$CONF.tmp.$$"
+    cat >"$tmp" <<EOF
+# Written by slurm/local_cluster.sh; regenerated on every start while the cluster is down.
+ClusterName=srdd-local
+SlurmctldHost=localhost(127.0.0.1)
+SlurmctldPort=$PORT
+SlurmdPort=$((PORT + 1))
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+StateSaveLocation=$DIR/state
+SlurmdSpoolDir=$DIR/spool
+SlurmctldPidFile=$DIR/run/slurmctld.pid
+SlurmdPidFile=$DIR/run/slurmd.pid
+SlurmctldLogFile=$DIR/log/slurmctld.log
+SlurmdLogFile=$DIR/log/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+# No cgroups in containers: track processes by parent pid, bind nothing.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+# Final job states go to a text log; slurm/bin/sacct answers from it (no slurmdbd needed).
+JobCompType=jobcomp/filetxt
+JobCompLoc=$DIR/jobcomp.log
+MailProg=/bin/true
+SchedulerType=sched/backfill
+# Schedule a batch job as soon as it is submitted (the default waits up to 3 s to batch them).
+SchedulerParameters=batch_sched_delay=0
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SlurmdParameters=config_overrides
+ReturnToService=2
+# Short timeouts: a dead daemon or a cancelled job is noticed within seconds, not minutes.
+SlurmctldTimeout=30
+SlurmdTimeout=30
+MessageTimeout=10
+InactiveLimit=0
+KillWait=5
+Waittime=0
+# Finished jobs stay visible to scontrol for an hour (the sacct stand-in prefers that view).
+MinJobAge=3600
+MaxArraySize=10001
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$(real_memory_mb) State=UNKNOWN
+PartitionName=local Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+EOF
+    mv "$tmp" "$CONF"
+    cat >"$DIR/env.sh" <<EOF
+export SLURM_CONF=$CONF
+export PATH=$BIN:\$PATH
+EOF
+}
+
+# True while a process runs; a zombie (exited, not yet reaped by a container's pid 1) counts as gone.
+alive() { [ -r "/proc/$1/stat" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+
+# pid from a pid file if that process is alive and is the named program (no pid reuse accidents).
+live_pid() {
+    local file="$1" name="$2" pid
+    [ -s "$file" ] || return 1
+    pid="$(cat "$file")"
+    alive "$pid" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ] || return 1
+    echo "$pid"
+}
+
+munge_works() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
+
+start_munge() {
+    munge_works && return 0
+    [ -s /etc/munge/munge.key ] || {
+        log "creating /etc/munge/munge.key"
+        mkdir -p /etc/munge
+        dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+    }
+    chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+    mkdir -p /run/munge /var/log/munge /var/lib/munge
+    chown munge:munge /run/munge /var/log/munge /var/lib/munge
+    chmod 755 /run/munge
+    runuser -u munge -- /usr/sbin/munged 9>&-  # daemons must not inherit the start lock
+    # Ours to stop later: the pid munged wrote, copied into our state dir.
+    cp /run/munge/munged.pid "$DIR/run/munged.pid"
+    for _ in $(seq 50); do munge_works && return 0; sleep 0.1; done
+    die "munged started but credentials do not round-trip"
+}
+
+node_state() { sinfo -h -n localhost -o %T 2>/dev/null | head -n1; }
+
+is_up() {
+    live_pid "$DIR/run/slurmctld.pid" slurmctld >/dev/null && live_pid "$DIR/run/slurmd.pid" slurmd >/dev/null \
+        && scontrol ping >/dev/null 2>&1
+}
+
+wait_idle() {
+    local deadline=$((SECONDS + START_TIMEOUT_S)) state=""
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        state="$(node_state)"
+        case "$state" in
+            idle|mixed|allocated|completing) return 0 ;;
+            down*|drain*|fail*) scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true ;;
+        esac
+        sleep 0.5
+    done
+    log "node state after ${START_TIMEOUT_S}s: '${state}'; last log lines:"
+    tail -n 20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true
+    die "node did not become idle"
+}
+
+print_env() {
+    echo "export SLURM_CONF=$CONF"
+    echo "export PATH=$BIN:\$PATH"
+}
+
+cmd_start() {
+    ensure_packages
+    mkdir -p "$DIR"
+    # One starter at a time: several test sessions may race to start the same cluster.
+    exec 9>"$DIR/lock"
+    flock -w 120 9 || die "could not lock $DIR/lock"
+    if is_up; then
+        wait_idle
+        log "already running ($DIR)"
+        print_env
+        return 0
+    fi
+    [ "$(id -u)" -eq 0 ] || die "starting the local cluster needs root (slurmd runs jobs as their user)"
+    cmd_stop_locked
+    write_conf
+    start_munge
+    slurmctld -f "$CONF" -i 9>&-
+    slurmd -f "$CONF" -N localhost 9>&-
+    for _ in $(seq 100); do scontrol ping >/dev/null 2>&1 && break; sleep 0.2; done
+    wait_idle
+    log "up: node localhost, $CPUS CPUs, state dir $DIR"
+    print_env
+}
+
+stop_one() {
+    local file="$1" name="$2" pid
+    pid="$(live_pid "$file" "$name")" || { rm -f "$file"; return 0; }
+    kill "$pid"
+    for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then kill -9 "$pid"; fi
+    rm -f "$file"
+}
+
+cmd_stop_locked() {
+    stop_one "$DIR/run/slurmd.pid" slurmd
+    stop_one "$DIR/run/slurmctld.pid" slurmctld
+    stop_one "$DIR/run/munged.pid" munged
+}
+
+cmd_stop() {
+    [ -d "$DIR" ] || { log "nothing to stop ($DIR does not exist)"; return 0; }
+    exec 9>"$DIR/lock"
+    flock -w 120 9 || die "could not lock $DIR/lock"
+    cmd_stop_locked
+    log "stopped ($DIR)"
+}
+
+cmd_status() {
+    local ctld="down" slurmd="down" node="unknown"
+    live_pid "$DIR/run/slurmctld.pid" slurmctld >/dev/null && ctld="running"
+    live_pid "$DIR/run/slurmd.pid" slurmd >/dev/null && slurmd="running"
+    if [ -f "$CONF" ] && [ "$ctld" = running ]; then node="$(node_state)"; fi
+    echo "slurmctld: $ctld  slurmd: $slurmd  node localhost: ${node:-unknown}  conf: $CONF"
+    is_up
+}
+
+case "${1:-}" in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    env) print_env ;;
+    *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+esac

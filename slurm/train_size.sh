@@ -1,0 +1,81 @@
+#!/bin/bash
+# Train one transformer size with DeepSpeed on SLURM; checkpoints + requeues itself on a signal.
+#
+#   sbatch slurm/train_size.sh SIZE [key=value ...]   # resources: these headers / sbatch flags
+#   bash   slurm/train_size.sh SIZE [key=value ...]   # outside a job: submits itself with the size
+#                                                     # table's nodes/GPUs/time (pretrain/sizes.py)
+#
+# One srun task per node runs torchrun (rendezvous on the first node of the allocation), which
+# starts one rank per GPU, or slurm.ranks_per_node CPU ranks (gloo) when the node has no GPU.
+# SLURM sends SIGUSR1 slurm.signal_s before the time limit (SIGTERM on preemption): the trap
+# touches <run>/PREEMPT, the ranks checkpoint at the next step boundary and leave <run>/REQUEUE,
+# and this script requeues the job, which resumes from that checkpoint. See docs/training.md.
+#SBATCH --job-name=srdd-train
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=2
+#SBATCH --time=60
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+set -euo pipefail
+
+if [[ $# -lt 1 ]]; then
+    echo "usage: sbatch slurm/train_size.sh SIZE [key=value ...]" >&2
+    exit 2
+fi
+SIZE=$1
+shift
+
+REPO=${SRDD_REPO:-${SLURM_SUBMIT_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}}
+PYTHON=${SRDD_PYTHON:-$REPO/.venv/bin/python}
+[[ -x $PYTHON ]] || PYTHON=python3
+cd "$REPO"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+# RUN_NAME RUN_DIR NODES GPUS_PER_NODE RANKS_PER_NODE TIME_MIN SIGNAL_S
+eval "$("$PYTHON" -m pretrain.train.launch "$SIZE" "$@")"
+
+if [[ -z ${SLURM_JOB_ID:-} ]]; then
+    gres=()
+    [[ $GPUS_PER_NODE -gt 0 ]] && gres=(--gpus-per-node="$GPUS_PER_NODE")
+    exec sbatch --job-name="srdd-$RUN_NAME" --nodes="$NODES" --time="$TIME_MIN" \
+        --signal="B:USR1@$SIGNAL_S" "${gres[@]}" "$0" "$SIZE" "$@"
+fi
+
+nodes=${SLURM_JOB_NUM_NODES:-1}
+if [[ -n ${SLURM_GPUS_ON_NODE:-} && ${SLURM_GPUS_ON_NODE} -gt 0 ]]; then
+    RANKS_PER_NODE=$SLURM_GPUS_ON_NODE
+fi
+master=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+port=$((20000 + SLURM_JOB_ID % 20000))
+mkdir -p "$RUN_DIR"
+echo "[train_size] job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}: $RUN_NAME on $nodes node(s) x $RANKS_PER_NODE ranks, rendezvous $master:$port"
+
+on_signal() {
+    echo "[train_size] got $1: asking the ranks to checkpoint and stop"
+    touch "$RUN_DIR/PREEMPT"
+}
+trap 'on_signal USR1' USR1
+trap 'on_signal TERM' TERM
+
+srun --kill-on-bad-exit=1 --nodes="$nodes" --ntasks-per-node=1 \
+    "$PYTHON" -m torch.distributed.run --nnodes="$nodes" --nproc_per_node="$RANKS_PER_NODE" \
+    --rdzv_backend=c10d --rdzv_endpoint="$master:$port" --rdzv_id="$SLURM_JOB_ID" \
+    -m pretrain.cli train "model.size=$SIZE" "run_name=$RUN_NAME" "$@" &
+pid=$!
+# A trapped signal interrupts `wait`; keep waiting until srun itself has exited.
+rc=0
+while kill -0 "$pid" 2>/dev/null; do
+    wait "$pid" && rc=0 || rc=$?
+done
+rm -f "$RUN_DIR/PREEMPT"
+
+if [[ -f $RUN_DIR/REQUEUE ]]; then
+    rm -f "$RUN_DIR/REQUEUE"
+    echo "[train_size] checkpointed; requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+fi
+echo "[train_size] finished with exit code $rc"
+exit "$rc"
