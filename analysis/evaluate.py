@@ -1,4 +1,153 @@
-"""`srdd eval` (not yet built: issue 6/9)."""
-from pretrain.stages import not_yet
+"""`srdd eval --run RUN [--samples N]`: sample from a trained run and score it.
 
-main = not_yet("eval", "issue 6/9")
+Appends one record to ``<run>/metrics.jsonl``::
+
+    {"kind": "eval", "step", "n_samples", "FD-<net>", "IS-<net>", "IS-<net>_std",
+     "precision-<net>", "recall-<net>", "KID-<net>", "KID-<net>_std",
+     "val_loss", "val_acc", "val_loss_per_scale", "val_acc_per_scale",
+     "sampler": {...}, "feature_net": {"name", "sha256"}, "reference": {provenance}}
+
+(also as ``<run>/eval/step<step>-<net>.json`` beside the eval's config.yaml)
+and the quality-metric columns (plus ``fd``/``fd_metric``; not val_*) to the run's row of
+``runs.csv`` when that table exists. Quality metrics compare ``--samples`` images
+drawn with the configured ``sample.*`` settings (classes balanced) against the
+val split's cached reference features; token metrics are teacher-forced CE and
+accuracy per scale on the val pyramid shards.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from pretrain.config import SRDDConfig, home_dir
+from pretrain.configlib import ConfigError
+from pretrain.outputs import append_jsonl, atomic_write_json, save_config
+
+log = logging.getLogger("srdd.eval")
+
+SAMPLER_KEYS = ("cfg", "cfg_schedule", "top_k", "top_p", "temperature", "seed", "schedule", "refine",
+                "refine_rounds", "p_resample", "refine_scales")
+
+
+def quality_metrics(net: Any, ref: Any, feats_ND: np.ndarray, probs_NC: np.ndarray, eval_cfg: Any) -> dict[str, float]:
+    """FD, IS, precision/recall and (optionally) KID of generated features vs the reference, named by network."""
+    from analysis.metrics import frechet_distance_from_stats, gaussian_stats, inception_score, kernel_distance, precision_recall
+
+    out: dict[str, float] = {net.metric("FD"): frechet_distance_from_stats(gaussian_stats(feats_ND, "generated"), ref.stats)}
+    out[net.metric("IS")], out[net.metric("IS") + "_std"] = inception_score(probs_NC, splits=min(eval_cfg.is_splits, len(probs_NC)))
+    out[net.metric("precision")], out[net.metric("recall")] = precision_recall(ref.feats_ND, feats_ND, k=eval_cfg.pr_k)
+    if eval_cfg.kid:
+        out[net.metric("KID")], out[net.metric("KID") + "_std"] = kernel_distance(
+            ref.feats_ND, feats_ND, subsets=eval_cfg.kid_subsets, subset_size=eval_cfg.kid_subset_size)
+    return out
+
+
+def update_runs_csv(path: Path, run: str, values: dict[str, Any]) -> bool:
+    """Set ``values`` as columns of ``run``'s row; False when the table or the row does not exist."""
+    from pretrain.train.runs_table import write_runs_csv
+
+    if not path.is_file():
+        return False
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    hit = [r for r in rows if r.get("run") == run]
+    for r in hit:
+        r.update(values)
+    if hit:
+        write_runs_csv(path, rows)
+    return bool(hit)
+
+
+def _sampled_images(model: Any, vae: Any, labels_N: torch.Tensor, cfg: SRDDConfig) -> Iterator[torch.Tensor]:
+    from pretrain.sampling import sample
+    from pretrain.sampling.refine import build_refiner
+
+    s = cfg.sample
+    refine = build_refiner(s, model)
+    for i in range(0, len(labels_N), s.batch_size):
+        yield sample(model, vae, labels_N[i:i + s.batch_size], cfg=s.cfg, top_k=s.top_k, top_p=s.top_p, seed=s.seed + i,
+                     schedule=list(s.schedule) or None, refine=refine, temperature=s.temperature,
+                     cfg_schedule=s.cfg_schedule)
+
+
+def val_token_metrics(run_cfg: SRDDConfig, model: Any, vae: Any, batch_size: int, max_batches: int) -> dict[str, Any]:
+    """Teacher-forced CE / accuracy per scale on the val pyramid shards (the train loop's val pass)."""
+    from pretrain.train.data import model_batches, pyramid_loader
+    from pretrain.train.step import ScaleStats, evaluate
+
+    cpu = torch.device("cpu")
+    loader = pyramid_loader(run_cfg, "val", batch_size, rank=0, world_size=1, infinite=False)
+    res = evaluate(model, model_batches(loader, vae, cpu), ScaleStats(model.patch_nums), max_batches, cpu)
+    model.eval()  # evaluate() hands the module back in train mode
+    return {f"val_{k}": v for k, v in res.items()}
+
+
+def _manifest_sha256(run_cfg: SRDDConfig) -> str:
+    from data_pipeline import shards_dir
+    from data_pipeline.tario import file_sha256
+
+    path = Path(shards_dir(run_cfg)) / "manifest.json"
+    if not path.is_file():
+        raise ConfigError(f"data.shards_dir: no {path}; run `srdd shards` for the run's dataset first")
+    return file_sha256(path)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, metavar="RUN", help="run directory (or run name under SRDD_HOME) holding model.pt")
+    parser.add_argument("--samples", type=int, default=None, help="generated images (overrides eval.n_samples)")
+    parser.add_argument("--val-batches", type=int, default=20, help="val pyramid batches for per-scale loss/accuracy (0 = skip)")
+    parser.add_argument("--runs-csv", default=None, help="runs table to update (default <run>/../runs.csv when it exists)")
+    parser.add_argument("--refresh-reference", action="store_true", help="recompute the cached val reference features")
+
+
+def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
+    from pretrain.sampling.cli import class_labels, resolve_run
+
+    run = resolve_run(args.run)  # first: a missing run fails before anything heavy is imported or loaded
+    from analysis.metrics.networks import load_feature_net
+    from analysis.metrics.reference import reference_for
+    from data_pipeline import source_slug
+    from data_pipeline.image_loader import image_loader
+    from pretrain.tokenizer import default_tokenizer_path, load_tokenizer, tokenizer_hash
+    from pretrain.train.export import load_model
+
+    n = args.samples or cfg.eval.n_samples
+    if n < max(2, cfg.eval.pr_k + 1):
+        raise ConfigError(f"--samples {n}: need at least {max(2, cfg.eval.pr_k + 1)} (covariance; k-NN with eval.pr_k={cfg.eval.pr_k})")
+    model, run_cfg, meta = load_model(run / "model.pt")
+    tok_path = default_tokenizer_path(run_cfg)
+    if meta.get("tokenizer_hash") and tokenizer_hash(tok_path) != meta["tokenizer_hash"]:
+        raise ConfigError(f"tokenizer.ckpt: {tok_path} is not the tokenizer {run.name} was trained with")
+    vae = load_tokenizer(tok_path)
+    net = load_feature_net(cfg.eval, run_cfg.data.source)
+    torch.manual_seed(cfg.sample.seed)
+
+    cache = home_dir() / "eval_ref" / source_slug(run_cfg.data.source) / f"{net.name}-val.npz"
+    val_images = lambda: image_loader(run_cfg, split="val", batch_size=cfg.eval.batch_size, infinite=False)  # noqa: E731
+    ref = reference_for(cache, net, _manifest_sha256(run_cfg), "val", val_images, refresh=args.refresh_reference)
+    with torch.no_grad():
+        feats_ND, probs_NC = net.extract(_sampled_images(model, vae, class_labels([], n, model.num_classes), cfg))
+    quality = quality_metrics(net, ref, feats_ND, probs_NC, cfg.eval)
+    tokens = val_token_metrics(run_cfg, model, vae, cfg.eval.batch_size, args.val_batches) if args.val_batches > 0 else {}
+    record = {"kind": "eval", "step": meta.get("step"), "n_samples": n, **quality, **tokens,
+              "sampler": {k: getattr(cfg.sample, k) for k in SAMPLER_KEYS},
+              "feature_net": {"name": net.name, "sha256": net.sha256}, "reference": vars(ref.provenance)}
+    record = json.loads(json.dumps(record, default=list))  # omegaconf lists -> plain lists
+    append_jsonl(run / "metrics.jsonl", record)
+    save_config(cfg, run / "eval")  # the eval's own config; the run's config.yaml stays the training one
+    atomic_write_json(run / "eval" / f"step{record['step']}-{net.name}.json", record)
+    fd_name = net.metric("FD")
+    # Quality columns only: the table's val_loss stays the training run's full val pass (what the fits read).
+    columns = quality | {"fd": quality[fd_name], "fd_metric": fd_name}
+    table = Path(args.runs_csv) if args.runs_csv else run.parent / "runs.csv"
+    if update_runs_csv(table, run.name, columns):
+        log.info("updated %s", table)
+    print(json.dumps({k: v for k, v in record.items() if k not in ("sampler", "reference")}, sort_keys=True))
+    return 0

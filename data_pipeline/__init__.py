@@ -1,0 +1,33 @@
+"""Data pipeline: image shards, pyramid shards, loaders (docs/data.md).
+
+Import-light on purpose: ``pretrain.config`` imports ``data_pipeline.config`` at start-up.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pretrain.config import SRDDConfig
+
+__all__ = ["source_slug", "shards_dir", "pyramids_dir"]
+
+
+def source_slug(source: str) -> str:
+    """``mnist`` -> ``mnist``; ``folder:/data/x`` -> ``folder-data-x`` (a directory-name-safe id)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", source).strip("-").lower()
+
+
+def shards_dir(cfg: "SRDDConfig") -> Path:
+    """``data.shards_dir`` or ``<SRDD_HOME>/data/<source-slug>/shards``."""
+    from pretrain.config import home_dir
+
+    return Path(cfg.data.shards_dir) if cfg.data.shards_dir else home_dir() / "data" / source_slug(cfg.data.source) / "shards"
+
+
+def pyramids_dir(cfg: "SRDDConfig") -> Path:
+    """``data.pyramids_dir`` or ``<SRDD_HOME>/data/<source-slug>/pyramids``."""
+    from pretrain.config import home_dir
+
+    return Path(cfg.data.pyramids_dir) if cfg.data.pyramids_dir else home_dir() / "data" / source_slug(cfg.data.source) / "pyramids"

@@ -22,6 +22,8 @@ class DataConfig:
     random_crop: bool = doc(False, "train-split random crop augmentation (VAR); val is always centre-cropped")
     shards_dir: str = doc("", "image shards directory; empty = <SRDD_HOME>/data/<source>/shards")
     pyramids_dir: str = doc("", "pyramid shards directory; empty = <SRDD_HOME>/data/<source>/pyramids")
+    limit: int = bounded(0, min=0, help="keep only this many inputs (a seeded random subset; 0 = all): tests and smoke runs")
+    encode_batch: int = bounded(64, min=1, help="images per tokenizer encode call in `srdd pyramids`")
     num_workers: int = bounded(2, min=0, help="decode/preprocess worker processes")
     shuffle_buffer: int = bounded(1000, min=0, help="loader shuffle buffer in samples")
 

@@ -1,4 +1,317 @@
-"""`srdd pyramids` (not yet built: issue 3/9)."""
-from pretrain.stages import not_yet
+"""`srdd pyramids --shards PATTERN --tokenizer CKPT --out DIR`: image shards -> pyramid shards.
 
-main = not_yet("pyramids", "issue 3/9")
+The VQ encode runs once here instead of in every training step. Worker processes
+(data.num_workers) decode and preprocess images (VAR: shorter side to mid_reso*resolution,
+crop; random crop only with data.random_crop, drawn from (data.seed, key) and stored); the main
+process encodes batches of data.encode_batch with the tokenizer. Each input shard becomes one
+output shard of the same name (format: data_pipeline/pyramid_format.py) plus a manifest
+``<name>.json``; ``manifest.json`` sums them once every input shard is done.
+
+Restart safety: a shard is written to a temp name and renamed, then its manifest; a rerun
+skips a shard whose manifest matches (identity, input sha256, output sha256) and redoes the
+rest. Output bytes depend only on the inputs and the identity (deterministic tar headers, fixed
+batch composition), so a SIGKILLed run + rerun equals an uninterrupted run byte for byte.
+A directory never mixes tokenizers: any identity mismatch is refused with the differing keys.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import time
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data_pipeline import pyramids_dir, shards_dir
+from data_pipeline.images import IMAGE_EXTS, BadInput, decode_image, preprocess, to_pm1
+from data_pipeline.pyramid_format import FORMAT, pack, token_dtype
+from data_pipeline.sources import expand_pattern
+from data_pipeline.tario import file_sha256, read_tar, write_tar
+from pretrain.config import SRDDConfig, home_dir
+from pretrain.configlib import ConfigError
+from pretrain.outputs import atomic_write_json, save_config
+
+log = logging.getLogger("srdd.pyramids")
+MANIFEST = "manifest.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", default=None, help="image shards: directory, glob or brace pattern (default data.shards_dir)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (sets tokenizer.ckpt)")
+    parser.add_argument("--out", default=None, help="output directory (sets data.pyramids_dir)")
+    parser.add_argument("--task-index", type=int, default=0, help="this task's slice: shards[i::count] (SLURM arrays)")
+    parser.add_argument("--task-count", type=int, default=1)
+
+
+# ---- identity: what makes two pyramid shards interchangeable ---------------------------------
+def identity(cfg: SRDDConfig, tokenizer_path: Path, vae: Any) -> dict[str, Any]:
+    d = cfg.data
+    return {"format": FORMAT, "tokenizer_sha256": _sha(tokenizer_path), "patch_nums": list(vae.patch_nums),
+            "vocab_size": int(vae.vocab_size), "token_dtype": token_dtype(vae.vocab_size).name,
+            "resolution": d.resolution, "mid_reso": d.mid_reso, "flip": d.flip, "random_crop": d.random_crop,
+            "crop_seed": d.seed if d.random_crop else None}
+
+
+def _sha(path: Path) -> str:
+    from pretrain.tokenizer import tokenizer_hash
+
+    return tokenizer_hash(path)
+
+
+def check_directory(out: Path, ident: dict[str, Any]) -> None:
+    """Refuse to add to a directory holding pyramids of another tokenizer/schedule/preprocessing."""
+    for path in sorted(out.glob("*.json")):
+        try:
+            other = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # manifests are written atomically: an unreadable one is not ours
+        if other.get("format") != FORMAT:
+            continue
+        diff = [k for k in ident if other.get(k) != ident[k]]
+        if diff:
+            what = ", ".join(f"{k}: {other.get(k)!r} there vs {ident[k]!r} now" for k in diff)
+            raise ConfigError(f"data.pyramids_dir={str(out)!r} holds pyramids made differently ({path.name}: {what}); "
+                              "a pyramid directory never mixes tokenizers or settings: choose another --out or delete it")
+
+
+# ---- workers: decode + preprocess -------------------------------------------------------------
+_Job = tuple[str, dict[str, bytes], int, float, bool, int]
+
+
+def prepare(job: _Job) -> tuple[Any, ...]:
+    """Worker: ("ok", key, label, uint8 HxWx3, crop, mode, meta) or ("skip", key, reason, detail)."""
+    key, sample, reso, mid_reso, random_crop, seed = job
+    raw_cls = sample.get("cls")
+    try:
+        label = int(raw_cls.decode().strip()) if raw_cls is not None else None
+    except ValueError:
+        label = None
+    if label is None:
+        return ("skip", key, "no class", "")
+    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    if ext is None:
+        return ("skip", key, "no image", "")
+    try:
+        img, mode = decode_image(sample[ext])
+    except BadInput as e:
+        return ("skip", key, e.reason, e.detail)
+    arr, crop = preprocess(img, reso, mid_reso, random_crop, seed, key)
+    meta = json.loads(sample["json"]) if "json" in sample else {}
+    return ("ok", key, label, arr, crop, mode, meta)
+
+
+def _batched(it: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    it = iter(it)
+    while chunk := list(islice(it, n)):
+        yield chunk
+
+
+# ---- one shard ----------------------------------------------------------------------------------
+@torch.inference_mode()
+def encode(vae: Any, arr_BHW3: np.ndarray, flip: bool) -> np.ndarray:
+    """uint8 images -> B x F x L tokens (F = 2 with the horizontally flipped copy)."""
+    imgs = np.concatenate([arr_BHW3, arr_BHW3[:, :, ::-1]]) if flip else arr_BHW3
+    img_B3HW = to_pm1(np.ascontiguousarray(imgs)).to(vae.quant_conv.weight.device)
+    tokens_BL = torch.cat(vae.encode_pyramid(img_B3HW), dim=1).cpu().numpy()
+    B = arr_BHW3.shape[0]
+    return tokens_BL.reshape(2, B, -1).transpose(1, 0, 2) if flip else tokens_BL[:, None]
+
+
+def encode_device() -> torch.device:
+    """A GPU when there is one. cuDNN is pinned to deterministic kernels: reruns must give the same
+    bytes (untested on GPU in CI: no GPU here; CPU is the tested path)."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    return torch.device("cuda")
+
+
+def precompute_shard(in_path: Path, out: Path, ident: dict[str, Any], vae: Any, cfg: SRDDConfig,
+                     pool: Any, bar: tqdm) -> dict[str, Any]:
+    d = cfg.data
+    for stale in out.glob(f".{in_path.stem}.*.tmp"):  # temp files of a killed run of this shard
+        stale.unlink(missing_ok=True)
+    skipped: list[dict] = []
+    converted: Counter[str] = Counter()
+    jobs = ((key, s, d.resolution, d.mid_reso, d.random_crop, d.seed) for key, s in read_tar(in_path, skipped))
+    prepared = pool.imap(prepare, jobs, chunksize=16) if pool is not None else map(prepare, jobs)
+    dtype = np.dtype(ident["token_dtype"])
+    samples = []
+    for chunk in _batched(prepared, d.encode_batch):
+        ok = [r for r in chunk if r[0] == "ok"]
+        for r in chunk:
+            if r[0] == "skip":
+                skipped.append({"input": f"{in_path.name}:{r[1]}", "reason": r[2], **({"detail": r[3]} if r[3] else {})})
+        if ok:
+            tokens_BFL = encode(vae, np.stack([r[3] for r in ok]), d.flip).astype(dtype)
+            for (_, key, label, _, crop, mode, meta), tokens_FL in zip(ok, tokens_BFL):
+                converted.update([mode] if mode != "RGB" else [])
+                samples.append((key, pack(label, tokens_FL, {"crop": list(crop), "source": meta})))
+        bar.update(len(chunk))
+    out_path = out / in_path.name
+    write_tar(out_path, samples)
+    manifest = {**ident, "input": in_path.name, "input_sha256": file_sha256(in_path), "output": out_path.name,
+                "output_sha256": file_sha256(out_path), "count": len(samples), "skipped": skipped,
+                "skipped_counts": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+                "converted": dict(sorted(converted.items()))}
+    atomic_write_json(shard_manifest_path(out, in_path), manifest)
+    return manifest
+
+
+def shard_manifest_path(out: Path, in_path: Path) -> Path:
+    return out / (in_path.name[: -len(".tar")] + ".json")
+
+
+def up_to_date(out: Path, in_path: Path, ident: dict[str, Any]) -> dict[str, Any] | None:
+    """The shard's manifest if its output is complete for this input and identity, else None."""
+    path = shard_manifest_path(out, in_path)
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    out_path = out / m.get("output", "")
+    if any(m.get(k) != v for k, v in ident.items()) or not out_path.is_file():
+        return None
+    if m.get("input_sha256") != file_sha256(in_path) or m.get("output_sha256") != file_sha256(out_path):
+        return None
+    return m
+
+
+# ---- a slice of shards (one SLURM array task, one submitit job, or everything) ---------------
+def input_shards(pattern: str) -> list[Path]:
+    paths = [p for p in expand_pattern(pattern) if p.suffix == ".tar"]
+    if not paths:
+        raise ConfigError(f"--shards {pattern!r} (data.shards_dir) matches no .tar image shards; run `srdd shards` first")
+    return paths
+
+
+def run_slice(cfg: SRDDConfig, pattern: str, tokenizer_path: str, out: str, task_index: int = 0,
+              task_count: int = 1) -> dict[str, Any]:
+    """Precompute shards[task_index::task_count]; returns counts for the log line. Picklable for submitit."""
+    from pretrain.tokenizer import load_tokenizer
+
+    t0 = time.time()
+    out_dir, tok = Path(out), Path(tokenizer_path)
+    shards = input_shards(pattern)
+    if any(p.parent.resolve() == out_dir.resolve() for p in shards):
+        raise ConfigError(f"data.pyramids_dir={out!r} is the image shards' directory: pyramid shards take the "
+                          "same names, so they need their own directory")
+    mine = shards[task_index::task_count]
+    vae = load_tokenizer(tok).to(encode_device())
+    ident = identity(cfg, tok, vae)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_directory(out_dir, ident)
+    save_config(cfg, out_dir)
+    todo = [p for p in mine if up_to_date(out_dir, p, ident) is None]
+    manifests = []
+    workers = cfg.data.num_workers
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 0 and todo else None
+    try:
+        with tqdm(total=None, unit="img", desc="pyramids", disable=None) as bar:
+            for p in todo:
+                manifests.append(precompute_shard(p, out_dir, ident, vae, cfg, pool, bar))
+    finally:
+        if pool is not None:
+            pool.terminate()
+    total = finalize(out_dir, shards, ident)
+    stats = {"task_index": task_index, "task_count": task_count, "shards": len(mine), "written": len(todo),
+             "up_to_date": len(mine) - len(todo), "samples_written": sum(m["count"] for m in manifests),
+             "skipped_written": sum(len(m["skipped"]) for m in manifests), "time_s": time.time() - t0,
+             "complete": total is not None}
+    if total is not None:
+        stats["total"] = {k: total[k] for k in ("count", "splits", "skipped_counts", "converted")}
+    return stats
+
+
+def finalize(out: Path, shards: Sequence[Path], ident: dict[str, Any]) -> dict[str, Any] | None:
+    """Write manifest.json once every input shard has a matching manifest; else None.
+    Deterministic content, so concurrent array tasks that both finish last write the same bytes."""
+    manifests = []
+    for p in shards:
+        path = shard_manifest_path(out, p)
+        m = json.loads(path.read_text()) if path.is_file() else None
+        if m is None or any(m.get(k) != v for k, v in ident.items()):
+            return None
+        manifests.append(m)
+    splits: dict[str, dict[str, int]] = {}
+    for m in manifests:
+        s = splits.setdefault(m["output"].split("-")[0], {"count": 0, "shards": 0})
+        s["count"] += m["count"]
+        s["shards"] += 1
+    skipped = [s for m in manifests for s in m["skipped"]]
+    converted: Counter[str] = Counter()
+    for m in manifests:
+        converted.update(m["converted"])
+    classes = _source_classes(shards[0].parent)
+    total = {**ident, **classes, "count": sum(m["count"] for m in manifests), "splits": splits,
+             "shards": [{k: m[k] for k in ("output", "output_sha256", "count", "input", "input_sha256")} for m in manifests],
+             "skipped": skipped, "skipped_counts": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+             "converted": dict(sorted(converted.items()))}
+    atomic_write_json(out / MANIFEST, total)
+    return total
+
+
+def _source_classes(shards_directory: Path) -> dict[str, Any]:
+    path = shards_directory / "manifest.json"
+    if not path.is_file():
+        return {}
+    m = json.loads(path.read_text())
+    return {k: m[k] for k in ("classes", "num_classes") if k in m}
+
+
+# ---- the stage ----------------------------------------------------------------------------------
+def submit(cfg: SRDDConfig, pattern: str, tokenizer_path: str, out: str) -> list[dict[str, Any]]:
+    """One submitit job array of cfg.slurm.array_tasks tasks, each precomputing its slice."""
+    from slurm.submit import make_executor, wait_all
+
+    n = min(cfg.slurm.array_tasks, len(input_shards(pattern)))
+    folder = Path(cfg.slurm.log_dir or home_dir() / "slurm_logs") / "pyramids-%j"
+    executor = make_executor(cfg, "pyramids", folder, tasks_per_node=1, nodes=1, gpus_per_node=0)
+    jobs = executor.map_array(run_slice, [cfg] * n, [pattern] * n, [tokenizer_path] * n, [out] * n, range(n), [n] * n)
+    log.info("submitted %d pyramid tasks: %s", n, ", ".join(j.job_id for j in jobs))
+    return wait_all(jobs, timeout_s=60 * (cfg.slurm.time_min or 60))
+
+
+def summary(stats: list[dict[str, Any]], out: str) -> str:
+    written = sum(s["written"] for s in stats)
+    shards = sum(s["shards"] for s in stats)
+    samples = sum(s["samples_written"] for s in stats)
+    rate = samples / max(max(s["time_s"] for s in stats), 1e-9)
+    line = f"pyramids: {shards} shards ({written} written, {shards - written} up to date), {samples} samples encoded"
+    total = next((s["total"] for s in stats if "total" in s), None)
+    if total:
+        splits = ", ".join(f"{k} {v['count']}" for k, v in sorted(total["splits"].items()))
+        skipped = ", ".join(f"{k} {v}" for k, v in total["skipped_counts"].items()) or "none"
+        conv = ", ".join(f"{k}->RGB {v}" for k, v in total["converted"].items()) or "none"
+        line += f"; directory complete: {total['count']} samples ({splits}), skipped {sum(total['skipped_counts'].values())} ({skipped}), converted {conv}"
+    else:
+        line += "; directory incomplete (other tasks pending)"
+    return f"{line}; {rate:.1f} pyramids/s -> {out}"
+
+
+def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
+    from pretrain.tokenizer import default_tokenizer_path
+
+    if getattr(args, "tokenizer", None):
+        cfg.tokenizer.ckpt = str(args.tokenizer)
+    if getattr(args, "out", None):
+        cfg.data.pyramids_dir = str(args.out)
+    pattern = getattr(args, "shards", None) or str(shards_dir(cfg))
+    tok, out = default_tokenizer_path(cfg), str(pyramids_dir(cfg))
+    if not tok.is_file():
+        raise ConfigError(f"tokenizer.ckpt={str(tok)!r}: no such file; train one (`srdd tokenizer-train`) or pass --tokenizer")
+    index, count = getattr(args, "task_index", 0), getattr(args, "task_count", 1)
+    if not 0 <= index < count:
+        raise ConfigError(f"--task-index {index} must be in [0, --task-count {count})")
+    if cfg.slurm.enabled:
+        stats = submit(cfg, pattern, str(tok), out)
+    else:
+        stats = [run_slice(cfg, pattern, str(tok), out, index, count)]
+    log.info(summary(stats, out))
+    return 0

@@ -95,7 +95,13 @@ def _stage_of(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     stage = _stage_of(argv)
-    args = build_parser(stage).parse_args(argv)
+    parser = build_parser(stage)
+    args, extra = parser.parse_known_args(argv)
+    # dotlist overrides may sit anywhere among the flags: `srdd eval --run R a=1 --refresh b=2`
+    stray = [tok for tok in extra if tok.startswith("-") or "=" not in tok]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides = list(args.overrides) + extra
     setup_logging(args.verbose)
     try:
         cfg = load_config(args.config, args.overrides)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from analysis.metrics_config import EvalConfig
+from analysis.scaling.config import FitConfig
 from data_pipeline.config import DataConfig
 from pretrain.configlib import ConfigError, doc, validate_dataclass
 from pretrain.model.config import ModelConfig
@@ -40,6 +41,7 @@ class SRDDConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 

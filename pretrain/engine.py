@@ -84,6 +84,10 @@ def build_engine(model: nn.Module, train: TrainConfig, total_steps: int, world_s
     import deepspeed
 
     config = deepspeed_config(train, world_size, lr)
+    if train.precision == "bf16":
+        # DeepSpeed casts parameters only; floating buffers (e.g. a zero key bias, the additive
+        # attention mask) must follow, or stage-0 bf16 mixes dtypes in the forward.
+        model = model.to(torch.bfloat16)
     schedule = lr_multiplier(train, total_steps)
     engine, _, _, _ = deepspeed.initialize(
         model=model,

@@ -17,6 +17,10 @@ from typing import Any, Iterator
 from pretrain.config import SRDDConfig, home_dir, to_yaml
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def run_dir(cfg: SRDDConfig) -> Path:
     return home_dir() / cfg.run_name
 
@@ -32,6 +36,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual umask mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -74,12 +75,13 @@ def train_job(cfg_dict: dict[str, Any], srdd_home: str) -> dict[str, Any]:
     return run_row(home_dir() / cfg.run_name)
 
 
-def run_sweep(cfgs: Sequence[SRDDConfig], table: Path, cluster: str | None, timeout_s: float) -> list[dict[str, Any]]:
+def run_sweep(cfgs: Sequence[SRDDConfig], table: Path, cluster: str | None, timeout_s: float,
+              poll_s: float = 2.0) -> list[dict[str, Any]]:
     """Submit the unfinished runs, wait for all, write ``table``; returns its rows."""
-    from slurm.submit import JobsFailedError, make_executor, wait_all
+    from slurm.submit import make_executor
 
     home = str(home_dir().resolve())
-    jobs, statuses = [], {}
+    jobs = []
     for cfg in cfgs:
         if (home_dir() / cfg.run_name / "final.json").exists():
             continue
@@ -90,11 +92,16 @@ def run_sweep(cfgs: Sequence[SRDDConfig], table: Path, cluster: str | None, time
         job = executor.submit(train_job, OmegaConf.to_container(OmegaConf.structured(cfg)), home)
         log.info("submitted %s as job %s", cfg.run_name, job.job_id)
         jobs.append((cfg.run_name, job))
-    try:
-        wait_all([job for _, job in jobs], timeout_s=timeout_s)
-    except JobsFailedError as err:
-        log.error("%s", err)
-        statuses = {run: "failed" for run, job in jobs if job.job_id in err.failures}
+    # Not slurm.submit.wait_all: it reads job.result(), which submitit refuses for multi-task
+    # (multi-rank) jobs. A run's outcome is on disk anyway (final.json); the job state names failures.
+    deadline = time.monotonic() + timeout_s
+    while not all(job.done() for _, job in jobs):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"sweep unfinished after {timeout_s:.0f} s: " +
+                               ", ".join(f"{run} ({job.state})" for run, job in jobs if not job.done()))
+        time.sleep(poll_s)
+    statuses = {run: "failed" for run, job in jobs if job.state.split()[0].upper() not in ("COMPLETED", "FINISHED")
+                and not (home_dir() / run / "final.json").exists()}
     rows = [run_row(home_dir() / cfg.run_name, statuses.get(cfg.run_name)) for cfg in cfgs]
     write_runs_csv(table, rows)
     return rows
@@ -111,8 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cluster", choices=["slurm", "local", "debug"], default=None,
                         help="default: slurm if slurm.enabled=true else local")
     parser.add_argument("--timeout-s", type=float, default=7 * 24 * 3600)
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, anywhere on the line")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # key=value words may follow a list flag (--tokens 1e5 2e5 train.lr_peak=1e-3): route them first.
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = parser.parse_args([a for a in argv if a not in overrides])
+    args.overrides = overrides
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfgs = grid(args.name, args.sizes, args.masks, args.tokens, args.flops, args.overrides)
     table = home_dir() / args.name / "runs.csv"

@@ -42,3 +42,14 @@ def test_every_stage_rejects_unknown_key(stage, capsys):
 def test_console_script_installed():
     out = subprocess.run([str(Path(sys.executable).parent / "srdd"), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "tokenizer-train" in out.stdout
+
+
+def test_overrides_may_sit_between_flags(capsys):
+    assert main(["train", "model.size=d4", "--print-config", "train.max_steps=7"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["size"] == "d4" and cfg["train"]["max_steps"] == 7
+
+
+def test_stray_positional_is_rejected(capsys):
+    assert main(["train", "--print-config", "notakeyvalue"]) == 2
+    assert "'notakeyvalue' is not of the form key=value" in capsys.readouterr().err

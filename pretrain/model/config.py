@@ -21,7 +21,7 @@ class ModelConfig:
     cond_drop: float = bounded(0.1, min=0.0, max=1.0, help="class-condition dropout for CFG (training only)")
     mlp_ratio: float = bounded(4.0, min=0.5)
     drop_path: float = bounded(0.0, min=0.0, max=1.0)
-    init_std: float = bounded(0.02, min=0.0, help="truncated-normal init std of linear layers")
+    init_std: float = bounded(0.02, min=0.0, help="truncated-normal init std of linear layers and embeddings; 0 = VAR's automatic sqrt(1/(3*width))")
 
     def validate(self, prefix: str) -> None:
         if self.mask == "window":

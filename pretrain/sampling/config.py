@@ -23,7 +23,12 @@ class SampleConfig:
     n: int = bounded(16, min=1, help="images per `srdd sample` call")
     classes: list[int] = listing([], "labels to sample; empty = cycle over all classes")
     batch_size: int = bounded(16, min=1)
+    edit_box: list[float] = listing([0.25, 0.25, 0.75, 0.75], "`srdd edit`: box x0,y0,x1,y1 as image fractions; inpaint regenerates it, outpaint keeps only it")
+    superres_factor: int = bounded(2, min=2, help="`srdd edit --task superres`: the low-res image is 1/factor of the side")
 
     def validate(self, prefix: str) -> None:
         if self.refine_scales and (len(self.refine_scales) != 2 or self.refine_scales[0] > self.refine_scales[1]):
             raise ConfigError(f"{prefix}refine_scales={list(self.refine_scales)} must be [first, last] with first <= last")
+        box = list(self.edit_box)
+        if len(box) != 4 or not (0.0 <= box[0] < box[2] <= 1.0 and 0.0 <= box[1] < box[3] <= 1.0):
+            raise ConfigError(f"{prefix}edit_box={box} must be x0,y0,x1,y1 with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")

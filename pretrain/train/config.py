@@ -33,6 +33,9 @@ class TrainConfig:
     max_bad_steps: int = bounded(5, min=0, help="consecutive NaN/inf losses skipped before the run stops")
     wandb: str = choice("offline", ("offline", "online", "disabled"))
     num_workers: int = bounded(1, min=0, help="data-loader worker processes per rank")
+    stop_after: int = bounded(0, min=0, help="checkpoint and stop after this many steps in this invocation (time slicing); 0 = off")
+    wandb_project: str = doc("srdd", "wandb project; the run directory holds wandb's files")
+    export_model: bool = doc(True, "write the consolidated fp32 <run>/model.pt when training ends")
 
     def validate(self, prefix: str) -> None:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

@@ -1,1 +1,21 @@
-"""Session fixtures for tokenizer artifacts (filled by the tokenizer area)."""
+"""Session fixtures for tokenizer artifacts (tokenizer area)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_ckpt(tmp_path_factory) -> Path:
+    """A tokenizer file at the embedded default config (32px, patch_nums 1,2,3,4,6,8), random init
+    with a fixed seed: enough for pipeline tests (pyramid shards, transformer training, sampling)."""
+    import torch
+
+    from pretrain.tokenizer.checkpoint import build_tokenizer, save_tokenizer
+    from pretrain.tokenizer.config import TokenizerConfig
+
+    cfg = TokenizerConfig()
+    torch.manual_seed(0)
+    vae = build_tokenizer(cfg)
+    return save_tokenizer(vae, tmp_path_factory.mktemp("tokenizer") / "tokenizer.pt", cfg)

@@ -1,0 +1,234 @@
+# %% [markdown]
+# # SRDD / VAR scaling study
+# Executed by `srdd report --runs DIR`; every section reads the runs-directory
+# contract of docs/scaling.md and says what is missing instead of failing.
+
+# %% tags=["parameters"]
+RUNS_DIR = "runs"  # replaced by an injected cell
+BOOTSTRAP = 200
+SEED = 0
+
+# %%
+import dataclasses
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import Image, Markdown, display
+
+from analysis.scaling.config import FitConfig
+from analysis.scaling.fit import fit_frame
+from analysis.scaling.plots import curve_axes
+from analysis.scaling.rundir import RunsDir, next_size, scaled_params
+from analysis.scaling.table import RunsTableError, validate_frame
+
+plt.rcParams.update({"figure.dpi": 90, "figure.figsize": (6, 3.6)})
+rd = RunsDir(RUNS_DIR)
+table = rd.table()
+runs = rd.runs()
+sizes = list(table["size"]) if table is not None and "size" in table.columns else []
+display(Markdown(f"Runs directory `{Path(RUNS_DIR).resolve()}`: {len(runs)} runs."))
+
+
+def not_available(what: str) -> None:
+    display(Markdown(f"*not available: {what}*"))
+
+
+def run_label(run: str) -> tuple[str, str]:
+    """(size, mask) of a run from runs.csv, else ('?', run)."""
+    if table is not None and {"run", "size", "mask"} <= set(table.columns):
+        row = table[table["run"] == run]
+        if len(row):
+            return str(row["size"].iloc[0]), str(row["mask"].iloc[0])
+    return "?", run
+
+
+masks = sorted({run_label(r)[1] for r in runs})
+
+# %% [markdown]
+# ## Training curves
+# Train loss (solid) and validation loss (markers) against training tokens, one panel per attention mask.
+
+# %%
+if not runs:
+    not_available(f"no runs.csv or */metrics.jsonl under {RUNS_DIR}")
+else:
+    fig, axes = plt.subplots(1, len(masks), figsize=(5 * len(masks), 3.6), squeeze=False, sharey=True)
+    for ax, mask in zip(axes[0], masks):
+        for run in runs:
+            size, m = run_label(run)
+            if m != mask:
+                continue
+            tr, va = rd.records(run, "train"), rd.records(run, "val")
+            if len(tr):
+                line, = ax.plot(tr["tokens"], tr["loss"], label=size)
+                if len(va):
+                    ax.plot(va["tokens"], va["loss"], "o", ms=3, color=line.get_color())
+        ax.set_xscale("log")
+        ax.set_title(f"mask = {mask}")
+        ax.set_xlabel("tokens")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("loss")
+    plt.show()
+
+# %% [markdown]
+# ## Per-scale losses
+# Validation loss at each scale of the pyramid (last validation record of each run).
+
+# %%
+per_scale = {run: rd.records(run, "val") for run in runs}
+per_scale = {r: v["loss_per_scale"].iloc[-1] for r, v in per_scale.items() if len(v) and "loss_per_scale" in v}
+if not per_scale:
+    not_available("no val records with loss_per_scale in the runs' metrics.jsonl")
+else:
+    fig, ax = plt.subplots()
+    for run, losses in per_scale.items():
+        size, mask = run_label(run)
+        ax.plot(range(len(losses)), losses, "--" if mask == "srdd" else "-", marker="o", ms=3, label=f"{size} {mask}")
+    ax.set_xlabel("scale index k")
+    ax.set_ylabel("val loss")
+    ax.legend(fontsize=7, ncol=2)
+    plt.show()
+    display(pd.DataFrame(per_scale).T.rename(columns=lambda k: f"s{k}").round(4))
+
+# %% [markdown]
+# ## Scaling fits
+# Per mask: VAR's form L = (N/N_c)^-alpha and L = E + A/N^alpha on the final validation loss,
+# with bootstrap 95% intervals, and the predicted loss of the next size up (its parameter
+# count scaled from the largest run by depth^3).
+
+# %%
+fits = {}
+if table is None:
+    not_available(f"{RUNS_DIR}/runs.csv is missing")
+else:
+    rows, bands = [], []
+    fig, ax = plt.subplots()
+    for mask in masks:
+        sub = table[table["mask"].astype(str) == mask] if "mask" in table.columns else table
+        for form in ("power", "power+const"):
+            cfg = FitConfig(form=form, x="params", bootstrap=BOOTSTRAP, seed=SEED)
+            try:
+                fit = fit_frame(sub, cfg, source=f"runs.csv mask={mask}")
+            except (RunsTableError, FloatingPointError) as e:
+                rows.append({"mask": mask, "form": form, "note": f"not fitted: {e}"})
+                continue
+            fits[(mask, form)] = fit
+            row = {"mask": mask, "form": form, "points": fit.n_points}
+            for k, v in fit.params.items():
+                lo, hi = fit.intervals.get(k, (np.nan, np.nan))
+                row[k] = f"{v:.4g} [{lo:.3g}, {hi:.3g}]"
+            nxt = next_size([str(s) for s in sub["size"]]) if "size" in sub.columns else None
+            if nxt is not None:
+                top = sub.loc[sub["params"].idxmax()]
+                n_next = scaled_params(float(top["params"]), str(top["size"]), nxt)
+                mid, lo, hi = fit.predict_band({"x": np.array([n_next])})
+                row["next size"] = f"{nxt} (N~{n_next:.3g}): L = {mid[0]:.4f} [{lo[0]:.4f}, {hi[0]:.4f}]"
+            rows.append(row)
+            if form == "power":
+                curve_axes(ax, fit, validate_frame(sub, ["params"], "runs.csv", "auto"), label=mask)
+    ax.set_title("val loss vs parameters, power-law fits per mask", fontsize=9)
+    plt.show()
+    display(pd.DataFrame(rows).set_index(["mask", "form"]))
+
+# %% [markdown]
+# ## SRDD vs VAR at equal compute
+# Validation loss against training FLOPs; the table compares each mask's compute power law
+# L = (C/C_c)^-alpha at the FLOPs of every run (ratio < 1: SRDD reaches a lower loss).
+
+# %%
+if table is None or not {"flops", "mask"} <= set(table.columns) or not {"var", "srdd"} <= set(masks):
+    not_available("runs.csv with flops and mask columns and both var and srdd runs")
+else:
+    compute_fits, fig = {}, plt.figure()
+    ax = fig.gca()
+    for mask in ("var", "srdd"):
+        sub = table[table["mask"] == mask]
+        try:
+            compute_fits[mask] = fit_frame(sub, FitConfig(form="power", x="flops", bootstrap=BOOTSTRAP, seed=SEED))
+        except (RunsTableError, FloatingPointError) as e:
+            not_available(f"compute fit for mask={mask}: {e}")
+            continue
+        curve_axes(ax, compute_fits[mask], validate_frame(sub, ["flops"], "runs.csv", "auto"), label=mask)
+    plt.show()
+    if len(compute_fits) == 2:
+        C = np.sort(table["flops"].to_numpy(dtype=float))
+        L = {m: compute_fits[m].predict({"x": C}) for m in ("var", "srdd")}
+        display(pd.DataFrame({"flops": C, "L_var": L["var"], "L_srdd": L["srdd"], "srdd / var": L["srdd"] / L["var"]}).round(4))
+    if "fd" in table.columns:
+        fig, ax = plt.subplots()
+        for mask, sub in table.groupby("mask"):
+            ax.plot(sub["flops"], sub["fd"], "o-", label=str(mask))
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs")
+        ax.set_ylabel("FD (lower is better)")
+        ax.legend()
+        plt.show()
+
+# %% [markdown]
+# ## Sampling cost
+# From `bench/sampling.py` (DIR/bench/sampling.json): latency and peak KV-cache bytes per sample, and their ratios to VAR.
+
+# %%
+sampling = rd.sampling_rows()
+if sampling is None:
+    not_available(f"{RUNS_DIR}/bench/sampling.json is missing or empty")
+else:
+    display(sampling)
+
+# %% [markdown]
+# ## Sample grids
+# The newest PNG under each run's samples/ directory.
+
+# %%
+grids = {run: rd.sample_grid(run) for run in runs}
+grids = {r: p for r, p in grids.items() if p is not None}
+if not grids:
+    not_available("no DIR/<run>/samples/*.png")
+for run, png in grids.items():
+    display(Markdown(f"**{run}** (`{png.name}`)"))
+    display(Image(filename=str(png)))
+
+# %% [markdown]
+# ## Evaluation metrics
+# The last `eval` record of each run (FD / IS / precision / recall / KID with the feature network named in each column).
+
+# %%
+evals = rd.eval_table()
+if evals is None:
+    not_available("no eval records in the runs' metrics.jsonl")
+else:
+    display(evals)
+
+# %% [markdown]
+# ## Ablation
+# The Laplacian-pyramid ablation grid (DIR/ablation/ablation.csv) and its sample grids.
+
+# %%
+abl_table, abl_pngs = rd.ablation()
+if abl_table is None:
+    not_available(f"{RUNS_DIR}/ablation/ablation.csv is missing (run `srdd ablate`)")
+else:
+    display(abl_table)
+for png in abl_pngs:
+    display(Markdown(f"`{png.relative_to(rd.root)}`"))
+    display(Image(filename=str(png)))
+
+# %% [markdown]
+# ### Lever effects and the paper
+# Per lever: the mean difference over the 4 pairs of cells that differ only in that lever (first
+# setting minus second; lower is better), and the direction compared with Hong & Belkadi's MNIST
+# ablations (arXiv 2510.02826). Losses are compared only across bands (other pairs differ in units).
+
+# %%
+if abl_table is not None:
+    from analysis.ablate import lever_effects, paper_comparison
+
+    effects = lever_effects(abl_table)
+    if len(effects):
+        display(effects)
+        metric = "fd" if (effects["metric"] == "fd").any() else "final_loss"
+        display(Markdown("\n".join(f"- {line}" for line in paper_comparison(effects, metric))))
+    else:
+        not_available("no pair of ablation cells differing in one lever only")

@@ -1,0 +1,59 @@
+"""FLOPs of the transformer, counted from the built model (one convention for every area).
+
+Convention (Kaplan et al. 2020, Hoffmann et al. 2022), per token of a forward pass:
+    2 * N_nonembed                      every parameter in a matmul does one multiply-add
+  + 2 * 2 * keys * width * depth        QK^T and AV: one multiply-add per key, channel, layer
+where ``keys`` = tokens the query attends to under the mask (scale k: its own scale plus the
+visible earlier scales, ``attended_keys``). Only attended keys count (useful FLOPs): a dense
+masked kernel does more work. Training = 3 x forward (backward ~ 2 x forward).
+
+Known simplification: the AdaLN projections (``ada_lin``, ~1/3 of a block's parameters) run
+once per sample and scale pass, not per token, so 2 * N_nonembed over-counts them for scales
+with many tokens; we keep the standard 2N rule so that FLOPs and N stay comparable with
+the scaling-law literature. Norms, softmax, biases and the embedding lookups are ignored.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from pretrain.model.masks import first_visible_scale
+
+_MODELS_WINDOW = object()  # sentinel: use the model's own attn_window
+
+
+def attended_keys(k: int, patch_nums: Sequence[int], attn_window: Optional[int]) -> int:
+    """Keys a scale-k query attends to: scales first_visible..k of ``patch_nums``."""
+    return sum(pn * pn for pn in patch_nums[first_visible_scale(k, attn_window):k + 1])
+
+
+def token_forward_flops(n_nonembed: int, depth: int, width: int, keys: int) -> int:
+    """Forward FLOPs of one token attending to ``keys`` keys (module docstring)."""
+    return 2 * n_nonembed + 4 * depth * width * keys
+
+
+def scale_flops(model: Any, k: int, patch_nums: Optional[Sequence[int]] = None, batch: int = 1) -> int:
+    """Forward FLOPs of one scale-k pass over ``batch`` sequences (a sampling or refinement pass)."""
+    pns = tuple(patch_nums or model.patch_nums)
+    keys = attended_keys(k, pns, model.attn_window)
+    return batch * pns[k] ** 2 * token_forward_flops(model.num_non_embedding_params(), model.depth, model.C, keys)
+
+
+def forward_flops_per_sample(model: Any, patch_nums: Optional[Sequence[int]] = None,
+                             attn_window: Any = _MODELS_WINDOW) -> int:
+    """Forward FLOPs of one teacher-forced sequence (all scales), under the model's mask by default."""
+    pns = tuple(patch_nums or model.patch_nums)
+    window = model.attn_window if attn_window is _MODELS_WINDOW else attn_window
+    n = model.num_non_embedding_params()
+    return sum(pn * pn * token_forward_flops(n, model.depth, model.C, attended_keys(k, pns, window))
+               for k, pn in enumerate(pns))
+
+
+def forward_flops_per_token(model: Any, **kwargs: Any) -> float:
+    """Forward FLOPs per token, averaged over the sequence."""
+    pns = tuple(kwargs.get("patch_nums") or model.patch_nums)
+    return forward_flops_per_sample(model, **kwargs) / sum(pn * pn for pn in pns)
+
+
+def train_flops_per_sample(model: Any, **kwargs: Any) -> int:
+    """Training FLOPs of one sequence: forward + backward = 3 x forward."""
+    return 3 * forward_flops_per_sample(model, **kwargs)

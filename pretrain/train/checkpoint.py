@@ -1,0 +1,146 @@
+"""Training checkpoints: ``<run>/checkpoints/step_XXXXXXXX/``, complete or absent.
+
+Layout of one checkpoint::
+
+    step_00000100/
+      ds/                 DeepSpeed's own files (model, optimizer, scheduler; ZeRO shards per rank)
+      rank_00000.pt ...   per-rank RNG states and data-loader position
+      meta.json           step, tokens, the config keys a resume must match
+      complete            written last: only directories holding it are ever resumed from
+
+Every rank writes into ``.step_XXXXXXXX.tmp/``; after a barrier rank 0 renames it into place
+and writes ``complete``. A job killed half way leaves a ``.tmp`` directory that is ignored and
+cleared by the next save, never a checkpoint that looks whole.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pretrain.config import SRDDConfig
+from pretrain.configlib import ConfigError
+from pretrain.dist import DistInfo
+from pretrain.outputs import atomic_write_json, atomic_write_text
+
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+DS_TAG = "ds"
+MARKER = "complete"
+
+
+def frozen_keys(cfg: SRDDConfig, world_size: int) -> dict[str, Any]:
+    """Config values a checkpoint is bound to: change one and the saved tensors or the
+    optimizer/loader shards no longer fit (or the run would silently become another run)."""
+    return {
+        "model.size": cfg.model.size,
+        "model.attn_window": cfg.model.window,  # the resolved mask: var -> None, srdd -> 0
+        "model.num_classes": cfg.model.num_classes,
+        "model.mlp_ratio": cfg.model.mlp_ratio,
+        "tokenizer.vocab_size": cfg.tokenizer.vocab_size,
+        "tokenizer.z_channels": cfg.tokenizer.z_channels,
+        "tokenizer.patch_nums": list(cfg.tokenizer.patch_nums),
+        "pyramid.space": cfg.pyramid.space,
+        "pyramid.codes": cfg.pyramid.codes,
+        "pyramid.bands": cfg.pyramid.bands,
+        "pyramid.pixel_levels": cfg.pyramid.pixel_levels,
+        "train.batch_size": cfg.train.batch_size,
+        "train.zero_stage": cfg.train.zero_stage,
+        "train.precision": cfg.train.precision,
+        "world_size": world_size,
+    }
+
+
+def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
+    """Refuse to resume when a frozen key differs; the message names every differing key."""
+    diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+    if diff:
+        detail = ", ".join(f"{k}: checkpoint {a!r} != config {b!r}" for k, (a, b) in diff.items())
+        raise ConfigError(f"cannot resume from {where}: {detail}. Use another run_name to start a new run.")
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    return json.loads((Path(path) / "meta.json").read_text())
+
+
+class CheckpointManager:
+    """Save / find / load / prune the checkpoints of one run. All ranks call save and load."""
+
+    def __init__(self, root: Path, info: DistInfo, keep_last: int, milestones: Sequence[int] = ()):
+        self.root = Path(root)
+        self.info = info
+        self.keep_last = keep_last
+        self.milestones = set(milestones)
+
+    def path(self, step: int) -> Path:
+        return self.root / f"step_{step:08d}"
+
+    def complete(self) -> list[tuple[int, Path]]:
+        """(step, dir) of every complete checkpoint, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.root.iterdir()
+                 if (m := _STEP_DIR.match(p.name)) and (p / MARKER).is_file()]
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        done = self.complete()
+        return done[-1][1] if done else None
+
+    def save(self, engine: Any, step: int, meta: dict[str, Any], rank_state: dict[str, Any]) -> Path:
+        final = self.path(step)
+        tmp = self.root / f".{final.name}.tmp"
+        if self.info.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        engine.save_checkpoint(str(tmp), tag=DS_TAG, save_latest=False)
+        torch.save({"rng": rng_state(), **rank_state}, tmp / f"rank_{self.info.rank:05d}.pt")
+        dist.barrier()
+        if self.info.is_main:
+            atomic_write_json(tmp / "meta.json", meta)
+            shutil.rmtree(final, ignore_errors=True)  # an incomplete one from a killed save
+            tmp.rename(final)
+            atomic_write_text(final / MARKER, f"{step}\n")
+            self.prune()
+        dist.barrier()
+        return final
+
+    def load(self, engine: Any, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Restore engine (model, optimizer, scheduler) and this rank's RNG; return (meta, rank_state)."""
+        meta = read_meta(path)
+        load_path, _ = engine.load_checkpoint(str(path), tag=DS_TAG, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path / DS_TAG}")
+        rank_state = torch.load(path / f"rank_{self.info.rank:05d}.pt", weights_only=False)
+        set_rng_state(rank_state.pop("rng"))
+        return meta, rank_state
+
+    def prune(self) -> None:
+        """Keep the newest ``keep_last`` plus milestones (rank 0 only, after the new one is complete)."""
+        done = self.complete()
+        for step, path in done[:-self.keep_last]:
+            if step not in self.milestones:
+                shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,52 @@
+"""`srdd report`: the notebook executes headlessly on a fixture runs directory into self-contained HTML."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from analysis.report import inject_parameters, percent_to_notebook
+from tests.fixtures.runs_small.make import make_runs_dir
+
+SECTIONS = ("Training curves", "Per-scale losses", "Scaling fits", "SRDD vs VAR at equal compute", "Sampling cost",
+            "Sample grids", "Evaluation metrics", "Ablation")
+
+
+def test_percent_source_round_trip():
+    nb = percent_to_notebook('# %% [markdown]\n# # Title\n# text\n\n# %% tags=["parameters"]\nX = 1\n\n# %%\nprint(X)\n')
+    assert [c.cell_type for c in nb.cells] == ["markdown", "code", "code"]
+    assert nb.cells[0].source == "# Title\ntext"
+    inject_parameters(nb, {"X": "dir/a"})
+    assert nb.cells[2].source == "# Parameters\nX = 'dir/a'\n" and nb.cells[2].metadata["tags"] == ["injected-parameters"]
+
+
+def _report(runs, out, cwd):
+    return subprocess.run([sys.executable, "-m", "pretrain.cli", "report", "--runs", str(runs), "--out", str(out),
+                           "--bootstrap", "8"], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_report_executes_on_the_fixture_and_embeds_its_figures(tmp_path):
+    runs = make_runs_dir(tmp_path / "runs")
+    r = _report(runs, tmp_path / "out/report.html", tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    html = (tmp_path / "out/report.html").read_text()
+    headings = re.findall(r"<h2[^>]*>([^<]+)", html)
+    assert [h.strip() for h in headings] == list(SECTIONS)
+    # 4 plots (curves, per-scale, fits, equal compute) + FD plot + 8 sample grids + 1 ablation grid, all inline.
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == 14
+    assert "not available" not in html
+    assert "kv_ratio_vs_var" in html and "FD-mnist-cnn" in html and "next size" in html and "d6 (N~" in html
+    assert (tmp_path / "out/report.ipynb").is_file() and (tmp_path / "out/config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_report_degrades_gracefully_on_an_empty_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = _report(tmp_path / "empty", tmp_path / "report.html", tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("not available") == 8
+    assert "bench/sampling.json is missing" in html
