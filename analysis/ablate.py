@@ -221,7 +221,9 @@ def lever_effects(table: Any, metrics: Sequence[str] = ("fd", "final_loss", "lat
     where a pair shares its loss unit (the bands lever). Rows with no complete pair are left out."""
     import pandas as pd
 
-    out = []
+    out: list[dict[str, Any]] = []
+    if not set(LEVERS) <= set(table.columns):
+        return pd.DataFrame(out)
     for lever, (a, b) in LEVERS.items():
         others = [k for k in LEVERS if k != lever]
         for metric in metrics:
@@ -257,8 +259,9 @@ def paper_comparison(effects: Any, metric: str = "fd") -> list[str]:
         a, b = LEVERS[lever]
         ours = a if r["mean"] < 0 else b
         verdict = "agrees" if ours == better else "disagrees"
-        lines.append(f"{lever}: {metric} {r['difference']} = {r['mean']:.4g} (mean of {r['pairs']} pairs; {a} lower in "
-                     f"{r['first_wins']}) -> {ours} better here; paper: {claim} -> {verdict}.")
+        spread = "consistent" if r["first_wins"] in (0, r["pairs"]) else "mixed"  # do all pairs point the same way?
+        lines.append(f"{lever}: {metric} {r['difference']} = {r['mean']:.4g} (mean of {r['pairs']} pairs, {spread}: {a} "
+                     f"lower in {r['first_wins']}) -> {ours} better here; paper: {claim} -> {verdict}.")
     return lines
 
 

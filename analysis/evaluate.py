@@ -79,12 +79,16 @@ def _sampled_images(model: Any, vae: Any, labels_N: torch.Tensor, cfg: SRDDConfi
 
 def val_token_metrics(run_cfg: SRDDConfig, model: Any, vae: Any, batch_size: int, max_batches: int) -> dict[str, Any]:
     """Teacher-forced CE / accuracy per scale on the val pyramid shards (the train loop's val pass)."""
-    from pretrain.train.data import model_batches, pyramid_loader
+    from pretrain.pyramid.codec import build_codec
+    from pretrain.pyramid.data import codes_loader
+    from pretrain.train.data import model_batches
     from pretrain.train.step import ScaleStats, evaluate
 
     cpu = torch.device("cpu")
-    loader = pyramid_loader(run_cfg, "val", batch_size, rank=0, world_size=1, infinite=False)
-    res = evaluate(model, model_batches(loader, vae, cpu), ScaleStats(model.patch_nums), max_batches, cpu)
+    codec = vae if hasattr(vae, "head") else build_codec(run_cfg, vae)  # any pyramid.* cell, as in training
+    loader = codes_loader(run_cfg, codec, "val", batch_size, 0, 1, infinite=False)
+    res = evaluate(model, model_batches(loader, codec, cpu), ScaleStats(model.patch_nums), max_batches, cpu,
+                   loss_fn=codec.head.loss)
     model.eval()  # evaluate() hands the module back in train mode
     return {f"val_{k}": v for k, v in res.items()}
 
@@ -115,7 +119,8 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     from analysis.metrics.reference import reference_for
     from data_pipeline import source_slug
     from data_pipeline.image_loader import image_loader
-    from pretrain.tokenizer import default_tokenizer_path, load_tokenizer, tokenizer_hash
+    from pretrain.sampling.cli import sampler_for
+    from pretrain.tokenizer import default_tokenizer_path, tokenizer_hash
     from pretrain.train.export import load_model
 
     n = args.samples or cfg.eval.n_samples
@@ -123,9 +128,9 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
         raise ConfigError(f"--samples {n}: need at least {max(2, cfg.eval.pr_k + 1)} (covariance; k-NN with eval.pr_k={cfg.eval.pr_k})")
     model, run_cfg, meta = load_model(run / "model.pt")
     tok_path = default_tokenizer_path(run_cfg)
-    if meta.get("tokenizer_hash") and tokenizer_hash(tok_path) != meta["tokenizer_hash"]:
+    if run_cfg.pyramid.space == "latent" and meta.get("tokenizer_hash") and tokenizer_hash(tok_path) != meta["tokenizer_hash"]:
         raise ConfigError(f"tokenizer.ckpt: {tok_path} is not the tokenizer {run.name} was trained with")
-    vae = load_tokenizer(tok_path)
+    vae = sampler_for(run_cfg, run, any_cell=True)
     net = load_feature_net(cfg.eval, run_cfg.data.source)
     torch.manual_seed(cfg.sample.seed)
 

@@ -9,7 +9,6 @@ BOOTSTRAP = 200
 SEED = 0
 
 # %%
-import dataclasses
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -179,16 +178,17 @@ else:
 
 # %% [markdown]
 # ## Sample grids
-# The newest PNG under each run's samples/ directory.
+# Every grid under each run's samples/ directory; `srdd sample` names them
+# seed<S>-<refine>/grid.png, so refinement settings sit side by side.
 
 # %%
-grids = {run: rd.sample_grid(run) for run in runs}
-grids = {r: p for r, p in grids.items() if p is not None}
+grids = rd.sample_grids()
 if not grids:
-    not_available("no DIR/<run>/samples/*.png")
-for run, png in grids.items():
-    display(Markdown(f"**{run}** (`{png.name}`)"))
-    display(Image(filename=str(png)))
+    not_available("no DIR/<run>/samples/*.png or DIR/<run>/samples/*/grid.png")
+for run, pngs in grids.items():
+    for png in pngs:
+        display(Markdown(f"**{run}** (`{png.relative_to(rd.root / run / 'samples')}`)"))
+        display(Image(filename=str(png)))
 
 # %% [markdown]
 # ## Evaluation metrics
@@ -230,5 +230,5 @@ if abl_table is not None:
         display(effects)
         metric = "fd" if (effects["metric"] == "fd").any() else "final_loss"
         display(Markdown("\n".join(f"- {line}" for line in paper_comparison(effects, metric))))
-    else:
-        not_available("no pair of ablation cells differing in one lever only")
+    else:  # e.g. a partial grid (--cells): the table above is all there is
+        display(Markdown("*lever effects: no two cells of the table differ in exactly one lever*"))

@@ -124,7 +124,12 @@ class ShardStream:
         ds = _EpochBatches(self.spec, self.decode, self.epoch, self.batch)
         if self.num_workers == 0:
             return iter(ds)
-        return iter(DataLoader(ds, batch_size=None, num_workers=self.num_workers, multiprocessing_context="fork"))
+        # A DataLoader with workers draws its base seed from the generator it is given, else from the
+        # global torch RNG; its own generator keeps the trainer's RNG stream (class-dropout draws)
+        # identical whether the iterator is created at step 0 or after a resume.
+        seed = torch.Generator().manual_seed(self.spec.seed + self.epoch)
+        return iter(DataLoader(ds, batch_size=None, num_workers=self.num_workers, multiprocessing_context="fork",
+                               generator=seed))
 
     def __iter__(self) -> Iterator[Any]:
         while True:

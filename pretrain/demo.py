@@ -1,46 +1,272 @@
-"""`srdd demo`: the whole study end to end on the embedded default (MNIST).
+"""`srdd demo`: a real small scaling study, end to end, on the embedded MNIST default.
 
-Runs each stage in order through the same entry points as the CLI, with a
-per-stage timing summary. Stages whose issue has not landed yet are reported
-as skipped, so `make demo` always runs what exists.
+MNIST shards -> tokenizer training -> pyramid precompute -> feature network -> a family
+of tiny sizes x {var, srdd} masks at one token budget -> distilled schedule -> samples
+with and without refinement, one inpainting -> evaluation -> scaling fits -> sampling-cost
+bench -> executed HTML report.
+
+Every stage runs as its own ``srdd`` subprocess (the same entry points a cluster job
+uses), so a crash in one stage cannot poison the next, and each stage is skipped when
+its output is complete: rerunning the demo resumes it. With ``slurm.enabled=true`` the
+pyramid precompute runs as a SLURM array (submitit) and every training run as
+``sbatch slurm/train_size.sh SIZE ...`` on the cluster named by ``SLURM_CONF``.
+Dotlist overrides given to ``srdd demo`` are passed on to every stage.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
+import os
+import shlex
+import subprocess
+import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
-from pretrain.cli import STAGES
-from pretrain.config import SRDDConfig
+import pandas as pd
+
+from pretrain.config import SRDDConfig, home_dir
 
 log = logging.getLogger("srdd.demo")
+REPO = Path(__file__).resolve().parents[1]
 
-# (stage, what it contributes to the study)
-PIPELINE: list[tuple[str, str]] = [
-    ("shards", "MNIST -> WebDataset image shards"),
-    ("tokenizer-train", "multi-scale VQ-VAE on the shards"),
-    ("pyramids", "offline code-pyramid precompute"),
-    ("train", "transformer family x {var, srdd} masks"),
-    ("sample", "samples with and without refinement"),
-    ("eval", "FD / IS / precision-recall"),
-    ("fit", "scaling-law fits"),
-    ("report", "executed HTML report"),
+# Tiny transformers need a far larger lr than VAR's 1e-4 * batch/256 to learn in a few
+# hundred steps; these are the demo's training defaults (user overrides come after them).
+TRAIN_DEFAULTS = ["train.batch_size=32", "train.lr_peak=2e-3", "train.warmup_frac=0.1",
+                  "train.val_every=0", "train.ckpt_every=50", "train.log_every=10"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", default="d1,d2,d3,d4", help="comma-separated rows of pretrain/sizes.py")
+    parser.add_argument("--masks", default="var,srdd", help="comma-separated mask presets")
+    parser.add_argument("--tokens", type=float, default=4e5, help="token budget of every training run")
+    parser.add_argument("--eval-samples", type=int, default=500, help="generated images per evaluation")
+    parser.add_argument("--study", default="demo", help="study directory under SRDD_HOME")
+    parser.add_argument("--quick", action="store_true",
+                        help="minutes-scale smoke run (tiny budgets everywhere), for tests")
+
+
+@dataclass
+class Study:
+    """Where the study lives and what it trains; derived once from the flags."""
+
+    name: str
+    sizes: list[str]
+    masks: list[str]
+    tokens: int
+    eval_samples: int
+    slurm: bool
+    overrides: list[str]
+    quick: bool
+    summary: list[tuple[str, str, float]] = field(default_factory=list)
+
+    @property
+    def root(self) -> Path:
+        return home_dir() / self.name
+
+    def run(self, size: str, mask: str) -> str:
+        return f"{self.name}/{size}-{mask}"
+
+    @property
+    def runs(self) -> list[str]:
+        return [self.run(s, m) for s in self.sizes for m in self.masks]
+
+    @property
+    def distilled(self) -> str:
+        return f"{self.name}/{self.sizes[-1]}-srdd-distilled"
+
+
+def _srdd(study: Study, stage: str, *args: str) -> None:
+    """Run one ``srdd`` stage as a subprocess with the study's overrides appended last."""
+    cmd = [sys.executable, "-m", "pretrain.cli", stage, *args, *study.overrides]
+    _run(cmd)
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> None:
+    log.info("$ %s", shlex.join(cmd))
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})})
+    if proc.returncode:
+        raise SystemExit(f"srdd demo: stage command failed (exit {proc.returncode}): {shlex.join(cmd)}")
+
+
+def _quick_overrides(quick: bool) -> list[str]:
+    if not quick:
+        return []
+    return ["tokenizer.steps=30", "tokenizer.batch_size=16", "tokenizer.val_every=30", "tokenizer.ckpt_every=30",
+            "data.limit=400", "eval.net_epochs=1", "fit.bootstrap=20"]
+
+
+# ---- stages ---------------------------------------------------------------------------
+
+def stage_shards(study: Study, cfg: SRDDConfig) -> bool:
+    from data_pipeline import shards_dir
+
+    if (shards_dir(cfg) / "manifest.json").exists():
+        return False
+    _srdd(study, "shards", "--source", "mnist")
+    return True
+
+
+def stage_tokenizer(study: Study, cfg: SRDDConfig) -> bool:
+    from pretrain.tokenizer import default_tokenizer_path
+
+    if default_tokenizer_path(cfg).exists():
+        return False
+    _srdd(study, "tokenizer-train", "run_name=tokenizer")
+    return True
+
+
+def stage_pyramids(study: Study, cfg: SRDDConfig) -> bool:
+    # The stage itself skips every shard whose manifest matches, so it is cheap to rerun.
+    _srdd(study, "pyramids", *(["slurm.enabled=true", "slurm.cpus_per_task=1"] if study.slurm else []))
+    return True
+
+
+def stage_eval_net(study: Study, cfg: SRDDConfig) -> bool:
+    from analysis.metrics.networks import default_classifier_path
+
+    if default_classifier_path(cfg.eval, cfg.data.source).exists():
+        return False
+    _srdd(study, "eval-net-train")
+    return True
+
+
+def _train_overrides(study: Study, size: str, mask: str) -> list[str]:
+    return [*TRAIN_DEFAULTS, f"run_name={study.run(size, mask)}", f"model.size={size}", f"model.mask={mask}",
+            f"train.tokens={study.tokens}"]
+
+
+def stage_train(study: Study, cfg: SRDDConfig) -> bool:
+    from pretrain.train.runs_table import run_row, write_runs_csv
+
+    todo = [(s, m) for s in study.sizes for m in study.masks
+            if not (home_dir() / study.run(s, m) / "final.json").exists()]
+    if study.slurm:
+        _train_on_slurm(study, todo)
+    else:
+        for size, mask in todo:
+            _srdd(study, "train", *_train_overrides(study, size, mask))
+    write_runs_csv(study.root / "runs.csv", [run_row(home_dir() / r) for r in study.runs])
+    return bool(todo)
+
+
+def _train_on_slurm(study: Study, todo: list[tuple[str, str]]) -> None:
+    """One ``sbatch slurm/train_size.sh SIZE`` per run (one CPU rank each on the local cluster), then wait."""
+    from slurm.cluster import LocalCluster
+
+    cluster = LocalCluster.from_env()
+    jobs = []
+    for size, mask in todo:
+        args = [*_train_overrides(study, size, mask), "slurm.ranks_per_node=1", *study.overrides]
+        jobs.append(cluster.sbatch(REPO / "slurm" / "train_size.sh", size, *args,
+                                   sbatch_args=("--cpus-per-task=1",), wait=False))
+    for job in jobs:
+        state = cluster.wait(job, timeout_s=3 * 3600)
+        if state != "COMPLETED":
+            raise SystemExit(f"srdd demo: training job {job} ended {state}: {cluster.describe_failure(job)}")
+
+
+def stage_distill(study: Study, cfg: SRDDConfig) -> bool:
+    if (home_dir() / study.distilled / "model.pt").exists():
+        return False
+    teacher = study.run(study.sizes[-1], "srdd")
+    _srdd(study, "distill", "--teacher", teacher, f"run_name={study.distilled}", *TRAIN_DEFAULTS[:3],
+          f"train.max_steps={10 if study.quick else 150}")
+    return True
+
+
+def stage_samples(study: Study, cfg: SRDDConfig) -> bool:
+    """The largest size of each mask and the distilled student, with and without Masked Resampling."""
+    runs = [study.run(study.sizes[-1], m) for m in study.masks] + [study.distilled]
+    for run in runs:
+        for refine in ("none", "mr"):
+            if not list((home_dir() / run / "samples").glob(f"*{refine}*/grid.png")):
+                _srdd(study, "sample", "--ckpt", run, "--n", "20", f"sample.refine={refine}")
+    edit_run = study.run(study.sizes[-1], "srdd")
+    if not (home_dir() / edit_run / "edits" / "inpaint").exists():
+        _srdd(study, "edit", "--task", "inpaint", "--ckpt", edit_run, "--n", "8")
+    return True
+
+
+def stage_eval(study: Study, cfg: SRDDConfig) -> bool:
+    ran = False
+    for run in study.runs:
+        if list((home_dir() / run / "eval").glob("*.json")):
+            continue
+        _srdd(study, "eval", "--run", run, "--samples", str(study.eval_samples),
+              "--runs-csv", str(study.root / "runs.csv"))
+        ran = True
+    return ran
+
+
+def stage_bench(study: Study, cfg: SRDDConfig) -> bool:
+    out = study.root / "bench" / "sampling.json"
+    if out.exists():
+        return False
+    size_args = ["--sizes", "d1", "--batch", "2", "--repeats", "1"] if study.quick else ["--sizes", "d2", "--repeats", "3"]
+    _run([sys.executable, "-m", "bench.sampling", *size_args, "--json", str(out)])
+    return True
+
+
+def stage_fit(study: Study, cfg: SRDDConfig) -> bool:
+    """Power law L(N) per mask (the demo has one token budget, so N is the only axis)."""
+    table = pd.read_csv(study.root / "runs.csv")
+    for mask, rows in table.groupby("mask"):
+        path = study.root / "fits" / f"runs_{mask}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows.to_csv(path, index=False)
+        _srdd(study, "fit", "--runs", str(path), "--form", "power", "--out", str(path.with_name(f"power_{mask}.json")))
+    return True
+
+
+def stage_report(study: Study, cfg: SRDDConfig) -> bool:
+    _srdd(study, "report", "--runs", str(study.root), "--out", str(study.root / "report.html"),
+          "--bootstrap", "20" if study.quick else "100")
+    return True
+
+
+STAGES: list[tuple[str, str, Callable[[Study, SRDDConfig], bool]]] = [
+    ("shards", "MNIST -> WebDataset image shards", stage_shards),
+    ("tokenizer", "multi-scale VQ-VAE trained on the shards", stage_tokenizer),
+    ("pyramids", "offline code-pyramid precompute", stage_pyramids),
+    ("eval-net", "MNIST feature network for FD/IS", stage_eval_net),
+    ("train", "size family x {var, srdd} at one token budget", stage_train),
+    ("distill", "SRDD student on the shorter schedule", stage_distill),
+    ("samples", "samples with/without refinement, inpainting", stage_samples),
+    ("eval", "FD / IS / precision-recall per run", stage_eval),
+    ("bench", "sampling cost: var vs srdd vs distilled", stage_bench),
+    ("fit", "power-law fits per mask", stage_fit),
+    ("report", "executed HTML report", stage_report),
 ]
 
 
 def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
-    summary: list[tuple[str, str, float]] = []
-    for stage, what in PIPELINE:
-        stage_main = importlib.import_module(STAGES[stage].module).main
-        if getattr(stage_main, "not_yet", None):
-            summary.append((stage, f"skipped: not built yet ({stage_main.not_yet})", 0.0))
-            continue
+    overrides = [*_quick_overrides(getattr(args, "quick", False)), *getattr(args, "overrides", [])]
+    study = Study(
+        name=getattr(args, "study", "demo"),
+        sizes=[s for s in getattr(args, "sizes", "d1,d2,d3,d4").split(",") if s],
+        masks=[m for m in getattr(args, "masks", "var,srdd").split(",") if m],
+        tokens=int(getattr(args, "tokens", 4e5)),
+        eval_samples=getattr(args, "eval_samples", 500),
+        slurm=cfg.slurm.enabled,
+        overrides=overrides,
+        quick=getattr(args, "quick", False),
+    )
+    if "srdd" not in study.masks:
+        raise SystemExit("srdd demo: --masks must include srdd (the distillation and editing stages use it)")
+    t_start = time.perf_counter()
+    for name, what, fn in STAGES:
         t0 = time.perf_counter()
-        log.info("demo: %s (%s)", stage, what)
-        stage_main(cfg, args)
-        summary.append((stage, "done", time.perf_counter() - t0))
-    print(f"{'stage':<18} {'status':<48} {'time_s':>8}")
-    for stage, status, seconds in summary:
-        print(f"{stage:<18} {status:<48} {seconds:>8.1f}")
+        log.info("demo stage %s: %s", name, what)
+        status = "done" if fn(study, cfg) else "skipped (complete)"
+        seconds = time.perf_counter() - t0
+        study.summary.append((name, status, seconds))
+        print(f"[demo] {name:<10} {status:<20} {seconds:8.1f} s", flush=True)
+    print(f"\n{'stage':<10} {'status':<20} {'time_s':>8}")
+    for name, status, seconds in study.summary:
+        print(f"{name:<10} {status:<20} {seconds:8.1f}")
+    print(f"{'total':<10} {'':<20} {time.perf_counter() - t_start:8.1f}")
+    print(f"report: {study.root / 'report.html'}")
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -44,17 +45,46 @@ class DistInfo:
         return torch.device("cpu")
 
 
+_OWNER = "SRDD_SINGLE_PROCESS"
+
+
+def _single_process_mark() -> str:
+    return f"{os.getpid()}:{os.environ.get('MASTER_PORT')}"
+
+
+def _launched_by_a_launcher() -> bool:
+    """True under torchrun / srun / deepspeed: RANK is set, and not by our own single-process set-up.
+
+    Variables a parent's single-process set-up left behind are recognised by the mark it wrote
+    (its pid and port): a launcher started in between rewrites MASTER_PORT, which breaks the mark.
+    """
+    if "RANK" not in os.environ:
+        return False
+    owner_pid, _, owner_port = os.environ.get(_OWNER, "").partition(":")
+    inherited = owner_pid not in ("", str(os.getpid())) and owner_port == os.environ.get("MASTER_PORT")
+    return not inherited
+
+
 def init_distributed() -> DistInfo:
     """Initialise (once) the default process group and return this rank's coordinates."""
     import deepspeed
     import torch.distributed as dist
 
-    if "RANK" not in os.environ:  # single process: make a one-rank group on loopback
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    init_method = None
+    if not _launched_by_a_launcher():
+        # Single process: a one-rank group that rendezvous through a private file store, so it
+        # binds no port (a "free" port can be taken by a concurrent job before we bind it).
+        # MASTER_* stay set because DeepSpeed's CPU shared-memory comm names its segment after them.
+        # The owner pid marks these variables as ours, so a child process that inherits them
+        # (a stage launched from a notebook or a test) does not mistake them for a launcher's.
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+        os.environ[_OWNER] = _single_process_mark()
+        init_method = f"file://{tempfile.mkdtemp(prefix='srdd-pg-')}/store"
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, init_method=init_method,
+                                   rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     if torch.cuda.is_available():
         torch.cuda.set_device(info.local_rank)

@@ -23,6 +23,8 @@ FINAL_STATES = frozenset({
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
     "DEADLINE", "PREEMPTED", "REVOKED",
 })
+# squeue reasons for a pending job that only a config change can clear.
+NEVER_RUNS_REASONS = frozenset({"PartitionConfig", "BadConstraints", "PartitionNodeLimit", "PartitionTimeLimit"})
 _OUTPUT_DIRECTIVE = re.compile(r"^#SBATCH\s+(-o|--output)\b", re.MULTILINE)
 
 
@@ -140,9 +142,23 @@ class LocalCluster:
             state = self.job_state(job_id)
             if reached(state):
                 return state
+            if state == "PENDING":
+                self._raise_if_never_runs(job_id)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"SLURM job {job_id} still {state} after {timeout_s:.0f} s (waited for {what})")
             time.sleep(poll_s)
+
+    def _raise_if_never_runs(self, job_id: str) -> None:
+        """A job pending for a reason no waiting can fix (it asks for more than the partition has)
+        would otherwise be waited on until the timeout: fail now, naming the reason."""
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i %r %C"], capture_output=True, text=True,
+                             env=self.full_env()).stdout
+        for line in out.splitlines():
+            task, reason, cpus = (line.split() + ["", "", ""])[:3]
+            if reason in NEVER_RUNS_REASONS:
+                raise SlurmError(f"SLURM job {task} can never start: pending with reason {reason} "
+                                 f"(it asks for {cpus} CPUs; see `scontrol show partition` and the node's CPUs "
+                                 f"in {self.conf})")
 
     def describe_failure(self, job_id: str) -> str:
         """Which tasks did not complete, and the tail of their stdout/stderr files."""

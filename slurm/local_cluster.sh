@@ -16,7 +16,8 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="${SRDD_SLURM_DIR:-$REPO/.slurm}"
 PORT="${SRDD_SLURM_PORT:-6817}"
-CPUS="${SRDD_SLURM_CPUS:-$(nproc)}"
+# GNU nproc honours OMP_NUM_THREADS, which test and job environments often pin to 1.
+CPUS="${SRDD_SLURM_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}"
 CONF="$DIR/etc/slurm.conf"
 BIN="$REPO/slurm/bin"
 START_TIMEOUT_S="${SRDD_SLURM_START_TIMEOUT_S:-60}"
@@ -133,6 +134,8 @@ start_munge() {
     die "munged started but credentials do not round-trip"
 }
 
+configured_cpus() { sed -n 's/^NodeName=.* CPUs=\([0-9]*\).*/\1/p' "$CONF" 2>/dev/null; }
+
 node_state() { sinfo -h -n localhost -o %T 2>/dev/null | head -n1; }
 
 is_up() {
@@ -166,7 +169,7 @@ cmd_start() {
     # One starter at a time: several test sessions may race to start the same cluster.
     exec 9>"$DIR/lock"
     flock -w 120 9 || die "could not lock $DIR/lock"
-    if is_up; then
+    if is_up && [ "$(configured_cpus)" = "$CPUS" ]; then
         wait_idle
         log "already running ($DIR)"
         print_env

@@ -39,8 +39,9 @@ eval "$("$PYTHON" -m pretrain.train.launch "$SIZE" "$@")"
 if [[ -z ${SLURM_JOB_ID:-} ]]; then
     gres=()
     [[ $GPUS_PER_NODE -gt 0 ]] && gres=(--gpus-per-node="$GPUS_PER_NODE")
+    mkdir -p "$RUN_DIR"
     exec sbatch --job-name="srdd-$RUN_NAME" --nodes="$NODES" --time="$TIME_MIN" \
-        --signal="B:USR1@$SIGNAL_S" "${gres[@]}" "$0" "$SIZE" "$@"
+        --signal="B:USR1@$SIGNAL_S" --output="$RUN_DIR/slurm-%j.out" "${gres[@]}" "$0" "$SIZE" "$@"
 fi
 
 nodes=${SLURM_JOB_NUM_NODES:-1}

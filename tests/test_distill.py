@@ -5,12 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pretrain.config import load_config
 from pretrain.configlib import ConfigError
 from pretrain.distill import (check_schedule, default_student_schedule, distill_loss, requantize, schedule_model,
                               token_metrics)
-from pretrain.model import build_model
-from pretrain.tokenizer import load_tokenizer
 
 
 def test_default_student_schedules():
@@ -21,11 +18,8 @@ def test_default_student_schedules():
 
 
 @pytest.fixture(scope="module")
-def teacher_and_data(tiny_tokenizer_ckpt):
-    cfg = load_config(overrides=["model.size=d1", "model.mask=srdd"])
-    vae = load_tokenizer(tiny_tokenizer_ckpt)
-    torch.manual_seed(0)
-    teacher = build_model(cfg.model, vae.vocab_size, vae.Cvae, vae.patch_nums).eval()
+def teacher_and_data(tiny_srdd_model):
+    cfg, vae, teacher = tiny_srdd_model()
     torch.manual_seed(1)
     pyr = vae.encode_pyramid(torch.rand(16, 3, 32, 32) * 2 - 1)
     return cfg, vae, teacher, (torch.arange(16) % 10, pyr)

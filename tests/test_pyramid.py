@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from pretrain.config import load_config
 from pretrain.configlib import ConfigError
-from pretrain.pyramid.codec import PyramidCodec, UniformCodes, VarCodec, build_codec, check_sampling
+from pretrain.pyramid.codec import UniformCodes, VarCodec, build_codec, check_sampling
 from pretrain.pyramid.heads import FactorisedHead, GaussianHead
 
 CELLS = ["-".join(c) for c in itertools.product(("latent", "pixel"), ("discrete", "continuous"), ("residual", "absolute"))]

@@ -8,20 +8,15 @@ import pytest
 import torch
 
 from pretrain.config import load_config
-from pretrain.model import build_model
 from pretrain.policy import TeacherForcedStep
 from pretrain.model.flops import scale_flops
 from pretrain.sampling.refine import RefineCost, build_refiner, compose
-from pretrain.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
-def steps(tiny_tokenizer_ckpt):
+def steps(tiny_srdd_model):
     """(model, [TeacherForcedStep per scale]) for 4 random images, conditional logits, plain softmax draws."""
-    cfg = load_config(overrides=["model.size=d1", "model.mask=srdd"])
-    vae = load_tokenizer(tiny_tokenizer_ckpt)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, vae.vocab_size, vae.Cvae, vae.patch_nums).eval()
+    cfg, vae, model = tiny_srdd_model()
     pyr = vae.encode_pyramid(torch.rand(4, 3, 32, 32) * 2 - 1)
     label = torch.tensor([0, 1, 2, 3])
     with torch.no_grad():

@@ -102,6 +102,17 @@ def test_failed_job_is_reported_with_its_log(slurm_cluster, tmp_path):
 
 
 @slurm
+def test_node_has_every_cpu_and_an_impossible_request_fails_fast(slurm_cluster, tmp_path, monkeypatch):
+    """The node offers the machine's CPUs even when OMP_NUM_THREADS=1 (GNU nproc honours it), and a
+    job asking for more than the node has is reported at once instead of pending until a timeout."""
+    cpus = len(os.sched_getaffinity(0))
+    assert re.search(rf"^NodeName=localhost .*\bCPUs={cpus}\b", slurm_cluster.conf.read_text(), re.MULTILINE)
+    script = _write_script(tmp_path / "big.sh", "true\n")
+    with pytest.raises(SlurmError, match=rf"can never start: pending with reason PartitionConfig .*{cpus + 1} CPUs"):
+        slurm_cluster.sbatch(script, sbatch_args=[f"--cpus-per-task={cpus + 1}"], timeout_s=120)
+
+
+@slurm
 def test_sacct_standin_reads_the_completion_log(slurm_cluster, tmp_path):
     """Jobs slurmctld has forgotten are answered from the jobcomp log; later records win."""
     log = tmp_path / "jobcomp.log"

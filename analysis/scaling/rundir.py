@@ -55,9 +55,16 @@ class RunsDir:
                 rows.append({"run": run, **last.to_dict()})
         return pd.DataFrame(rows).set_index("run") if rows else None
 
-    def sample_grid(self, run: str) -> Path | None:
-        pngs = sorted((self.root / run / "samples").glob("*.png"), key=lambda p: (p.stat().st_mtime, p.name))
-        return pngs[-1] if pngs else None
+    def sample_grids(self) -> dict[str, list[Path]]:
+        """Every run directory's sample grids: ``samples/*.png`` and the ``grid.png`` that
+        ``srdd sample`` writes per setting (``samples/seed<S>-<refine>/grid.png``), by name.
+        Runs outside the table (e.g. a distilled student) are included."""
+        out: dict[str, list[Path]] = {}
+        for samples in sorted(self.root.glob("*/samples")):
+            pngs = sorted([*samples.glob("*.png"), *samples.glob("*/grid.png")])
+            if pngs:
+                out[samples.parent.name] = pngs
+        return out
 
     def sampling_rows(self) -> pd.DataFrame | None:
         path = self.root / "bench" / "sampling.json"

@@ -3,21 +3,11 @@ lazily so that loading the config schema (which imports ``pretrain.model.config`
 import torch."""
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pretrain.lazy import lazy_exports
 
-_EXPORTS = {
-    "Transformer": "pretrain.model.transformer",
-    "VarStateDictError": "pretrain.model.transformer",
-    "VAR_PATCH_NUMS": "pretrain.model.transformer",
-    "build_model": "pretrain.model.build",
-    "KVCache": "pretrain.model.kv_cache",
-    "attn_bias": "pretrain.model.masks",
-}
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'pretrain.model' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, {
+    "pretrain.model.transformer": ["Transformer", "VarStateDictError", "VAR_PATCH_NUMS"],
+    "pretrain.model.build": ["build_model"],
+    "pretrain.model.kv_cache": ["KVCache"],
+    "pretrain.model.masks": ["attn_bias"],
+})

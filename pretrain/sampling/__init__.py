@@ -3,18 +3,8 @@ Imported lazily so that loading the config schema (``pretrain.sampling.config``)
 import torch."""
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pretrain.lazy import lazy_exports
 
-_EXPORTS = {
-    "sample": "pretrain.sampling.sampler",
-    "ScaleStep": "pretrain.sampling.sampler",
-    "guidance_weights": "pretrain.sampling.sampler",
-}
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'pretrain.sampling' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, {
+    "pretrain.sampling.sampler": ["sample", "ScaleStep", "guidance_weights"],
+})

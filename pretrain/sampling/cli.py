@@ -37,14 +37,30 @@ def resolve_run(ckpt: str) -> Path:
     raise ConfigError(f"--ckpt {ckpt}: no model.pt in {ckpt} or {home_dir() / ckpt}")
 
 
+def sampler_for(run_cfg: SRDDConfig, run: Path, any_cell: bool = False) -> Any:
+    """What a trained run samples with: its VQ-VAE tokenizer for VAR's pyramid cell, else its
+    ``pyramid.*`` ablation cell's codec, which only callers needing no VQ code indices accept
+    (``any_cell``: `srdd sample`, `srdd eval`)."""
+    from pretrain.pyramid.codec import load_codec
+    from pretrain.pyramid.config import VAR_CELL
+    from pretrain.tokenizer import default_tokenizer_path, load_tokenizer
+
+    p = run_cfg.pyramid
+    if (p.space, p.codes, p.bands) == VAR_CELL:
+        return load_tokenizer(default_tokenizer_path(run_cfg))
+    if not any_cell:
+        raise ConfigError(f"{run} is a pyramid.* ablation run ({p.cell}); this stage needs VQ code indices "
+                          "(pyramid.space=latent codes=discrete bands=residual)")
+    return load_codec(run_cfg)
+
+
 def load_for_sampling(ckpt: str) -> tuple[Any, Any, Path]:
     """(model in eval mode, its run's tokenizer, the run directory) from a trained run's model.pt."""
-    from pretrain.tokenizer import default_tokenizer_path, load_tokenizer
     from pretrain.train.export import load_model
 
     run = resolve_run(ckpt)
     model, run_cfg, _ = load_model(run / "model.pt")
-    return model, load_tokenizer(default_tokenizer_path(run_cfg)), run
+    return model, sampler_for(run_cfg, run), run
 
 
 def class_labels(classes: Sequence[int], n: int, num_classes: int) -> torch.Tensor:
@@ -111,7 +127,9 @@ def write_outputs(cfg: SRDDConfig, out_dir: str | Path, img_B3HW: torch.Tensor, 
         write_png(out / f"class_{c}.png", grid(v, math.ceil(math.sqrt(len(v)))))
     arrays = {"images": images, "labels": labels,
               "patch_nums": np.array([int(math.isqrt(p.shape[1])) for p in pyramid], np.int64),
-              **{f"pyramid_s{k}": p.cpu().numpy().astype(np.int64) for k, p in enumerate(pyramid)}}
+              # code indices as int64; a continuous-codes run's pyramid holds float values
+              **{f"pyramid_s{k}": p.cpu().numpy().astype(np.float32 if p.is_floating_point() else np.int64)
+                 for k, p in enumerate(pyramid)}}
     for name, t in (extra or {}).items():
         arrays[name] = to_uint8(t) if t.is_floating_point() and t.ndim == 4 else t.cpu().numpy()
     with atomic_path(out / "samples.npz") as tmp:
@@ -143,8 +161,14 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     from pretrain.sampling import sample
     from pretrain.sampling.refine import RefineCost, build_refiner
 
+    from pretrain.pyramid.codec import check_sampling
+    from pretrain.train.export import load_model
+
     s = cfg.sample
-    model, vae, run = load_for_sampling(args.ckpt)
+    run = resolve_run(args.ckpt)
+    model, run_cfg, _ = load_model(run / "model.pt")
+    check_sampling(argparse.Namespace(pyramid=run_cfg.pyramid, sample=s))  # the run's cell, this call's sampler
+    vae = sampler_for(run_cfg, run, any_cell=True)
     labels = class_labels(parse_classes(args.classes, s.classes), args.n or s.n, model.num_classes)
     cost = RefineCost()
     refine = build_refiner(s, model, cost)

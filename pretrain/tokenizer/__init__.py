@@ -2,23 +2,10 @@
 loading the config schema (which imports ``pretrain.tokenizer.config``) does not import torch."""
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pretrain.lazy import lazy_exports
 
-_EXPORTS = {
-    "MultiScaleVQVAE": "pretrain.tokenizer.vqvae",
-    "build_tokenizer": "pretrain.tokenizer.checkpoint",
-    "save_tokenizer": "pretrain.tokenizer.checkpoint",
-    "load_tokenizer": "pretrain.tokenizer.checkpoint",
-    "tokenizer_hash": "pretrain.tokenizer.checkpoint",
-    "default_tokenizer_path": "pretrain.tokenizer.checkpoint",
-    "from_var_state_dict": "pretrain.tokenizer.checkpoint",
-    "TokenizerCheckpointError": "pretrain.tokenizer.checkpoint",
-}
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'pretrain.tokenizer' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, {
+    "pretrain.tokenizer.vqvae": ["MultiScaleVQVAE"],
+    "pretrain.tokenizer.checkpoint": ["build_tokenizer", "save_tokenizer", "load_tokenizer", "tokenizer_hash",
+                                      "default_tokenizer_path", "from_var_state_dict", "TokenizerCheckpointError"],
+})

@@ -1,0 +1,152 @@
+"""Hardening across the pipeline (issue 9/9): kills, offline operation, the demo end to end.
+
+Other hardening checks live beside the code they guard: bad-input corpora through shards and
+precompute (tests/test_data_shards.py, tests/test_data_pyramids.py), the NaN/inf guard
+(tests/test_train.py::test_nan_guard...), unknown keys in every subcommand (tests/test_cli.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pretrain.outputs import read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+NETGUARD = REPO / "tests" / "fixtures" / "netguard"
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "SRDD_HOME": str(home), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **extra}
+
+
+def _train_cmd(run: str, pyramid_shards: Path, tokenizer: Path) -> list[str]:
+    return [sys.executable, "-m", "pretrain.cli", "train", f"run_name={run}", "model.size=d1",
+            f"data.pyramids_dir={pyramid_shards}", f"tokenizer.ckpt={tokenizer}", "train.batch_size=8",
+            "train.max_steps=24", "train.ckpt_every=3", "train.keep_last=2", "train.log_every=1",
+            "train.val_every=0", "train.lr_peak=1e-3", "train.wandb=disabled"]
+
+
+def _train_losses(run_dir: Path) -> dict[int, float]:
+    """step -> loss, the last record of each step winning (a resumed run re-logs replayed steps)."""
+    return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "train"}
+
+
+def _logged_steps(run_dir: Path) -> int:
+    return max(_train_losses(run_dir), default=0)
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout_s: float = 300) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; False if it finished first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.005)
+    proc.kill()
+    raise TimeoutError("training never reached the kill point")
+
+
+@pytest.mark.slow
+def test_sigkill_three_times_and_during_a_save_then_same_losses(tmp_path, pyramid_shards, tiny_tokenizer_ckpt):
+    home = tmp_path / "home"
+    cmd = lambda run: _train_cmd(run, pyramid_shards, tiny_tokenizer_ckpt)  # noqa: E731
+    ref = subprocess.run(cmd("straight"), env=_env(home), capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    reference = _train_losses(home / "straight")
+    assert sorted(reference) == list(range(1, 25))
+
+    run_dir = home / "killed"
+    rng = random.Random(1234)
+    kill_steps = sorted(rng.sample(range(2, 22), 3))
+    log = tmp_path / "killed.log"
+    for target in kill_steps:  # three SIGKILLs at random training steps
+        with open(log, "a") as out:
+            proc = subprocess.Popen(cmd("killed"), env=_env(home), stdout=out, stderr=subprocess.STDOUT)
+            assert _kill_when(proc, lambda: _logged_steps(run_dir) >= target), \
+                f"run ended (exit {proc.returncode}) before step {target}:\n{log.read_text()[-3000:]}"
+
+    # One more SIGKILL while a checkpoint is being written (its .tmp directory exists).
+    ckpts = run_dir / "checkpoints"
+    with open(log, "a") as out:
+        proc = subprocess.Popen(cmd("killed"), env=_env(home), stdout=out, stderr=subprocess.STDOUT)
+    killed_in_save = _kill_when(proc, lambda: any(p.name.endswith(".tmp") for p in ckpts.glob(".step_*")))
+    if killed_in_save:
+        from pretrain.train.checkpoint import MARKER
+
+        complete = [p for p in ckpts.glob("step_*") if (p / MARKER).exists()]
+        assert complete, "the kill during a save left no complete checkpoint to resume from"
+        for p in complete:  # every checkpoint that claims completeness has its metadata
+            json.loads((p / "meta.json").read_text())
+
+    done = subprocess.run(cmd("killed"), env=_env(home), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _train_losses(run_dir) == reference  # bit-identical loss at every step
+    assert json.loads((run_dir / "final.json").read_text())["val_loss"] == \
+        json.loads((home / "straight" / "final.json").read_text())["val_loss"]
+    assert not list(ckpts.glob(".step_*.tmp")), "a finished run leaves no partial checkpoint behind"
+
+
+def test_netguard_catches_a_non_local_connection(tmp_path):
+    log = tmp_path / "net.log"
+    code = "import socket\ntry:\n    socket.create_connection(('192.0.2.1', 80), timeout=1)\nexcept OSError as e:\n    print(e)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(NETGUARD), "SRDD_NETGUARD_LOG": str(log)})
+    assert "SRDD test guard" in out.stdout and "192.0.2.1" in log.read_text()
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end_offline_and_resumable(tmp_path):
+    """The whole study at toy budgets, with every non-loopback connection failing and logged."""
+    home, log = tmp_path / "home", tmp_path / "net.log"
+    env = _env(home, PYTHONPATH=f"{NETGUARD}{os.pathsep}{REPO}", SRDD_NETGUARD_LOG=str(log))
+    cmd = [sys.executable, "-m", "pretrain.cli", "demo", "--quick", "--sizes", "d1,d2", "--tokens", "8000",
+           "--eval-samples", "40"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert not log.exists(), f"network connections attempted: {log.read_text()}"
+    study = home / "demo"
+    report = study / "report.html"
+    assert first.stdout.strip().splitlines()[-1] == f"report: {report}"
+    html = report.read_text()
+    assert html.count("data:image/png") >= 6 and "Scaling fits" in html
+    import pandas as pd
+
+    runs = pd.read_csv(study / "runs.csv")
+    assert sorted(runs["run"]) == ["d1-srdd", "d1-var", "d2-srdd", "d2-var"]
+    assert (runs["status"] == "completed").all() and runs["fd"].notna().all()
+    assert json.loads((study / "fits" / "power_srdd.json").read_text())["n_points"] == 2
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in ("shards", "tokenizer", "eval-net", "train", "distill", "eval", "bench"):
+        assert f"[demo] {stage:<10} skipped (complete)" in again.stdout, stage
+
+
+def test_loader_workers_leave_the_global_rng_alone(pyramid_shards):
+    """A resumed run creates its loader iterator after restoring the RNG; if the iterator drew
+    from the global torch RNG, every later class-dropout draw would shift (found by the kill test)."""
+    import itertools
+
+    import torch
+
+    from data_pipeline.loader import PyramidLoader
+    from pretrain.config import load_config
+
+    cfg = load_config(overrides=[f"data.pyramids_dir={pyramid_shards}"])
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    list(itertools.islice(PyramidLoader(cfg, batch_size=8, num_workers=1), 2))
+    assert torch.equal(torch.rand(4), expected)
