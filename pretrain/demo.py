@@ -173,7 +173,7 @@ def stage_distill(study: Study, cfg: SRDDConfig) -> bool:
         return False
     teacher = study.run(study.sizes[-1], "srdd")
     _srdd(study, "distill", "--teacher", teacher, f"run_name={study.distilled}", *TRAIN_DEFAULTS[:3],
-          f"train.max_steps={10 if study.quick else 150}")
+          f"train.max_steps={10 if study.quick else 80}")
     return True
 
 

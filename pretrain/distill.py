@@ -163,7 +163,10 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     from pretrain.sampling.cli import load_for_sampling
 
     info = init_distributed()
-    teacher, vae, teacher_run = load_for_sampling(args.teacher)
+    teacher, vae, teacher_run, teacher_cfg = load_for_sampling(args.teacher)
+    # The student is the teacher's network on a shorter schedule: its model.pt must say so,
+    # whatever model.* / tokenizer.* this command was given.
+    cfg.model, cfg.tokenizer, cfg.pyramid = teacher_cfg.model, teacher_cfg.tokenizer, teacher_cfg.pyramid
     t_pns = tuple(teacher.patch_nums)
     s_pns = check_schedule([int(p) for p in args.patch_nums.split(",")] if args.patch_nums else default_student_schedule(t_pns), t_pns)
     if args.kl_weight < 0 or args.tau <= 0:
@@ -201,7 +204,7 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
         engine.backward(loss)
         engine.step()
         if info.is_main and (step % cfg.train.log_every == 0 or step == steps):
-            append_jsonl(out / "metrics.jsonl", {"kind": "distill", "step": step, "loss": float(loss), **parts,
+            append_jsonl(out / "metrics.jsonl", {"kind": "distill", "step": step, "loss": loss.item(), **parts,
                                                  "lr": engine.get_lr()[0], "time_s": time.time() - t0})
     after = {"student": token_metrics(student, vae, s_val), **{k: v for k, v in before.items() if k != "student"}}
     if info.is_main:

@@ -254,7 +254,7 @@ def run_policy_study(model: Any, vae: Any, batches: Sequence[tuple[torch.Tensor,
 def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     from pretrain.sampling.cli import load_for_sampling
 
-    model, vae, run = load_for_sampling(args.ckpt)
+    model, vae, run, _ = load_for_sampling(args.ckpt)
     out = Path(args.out) if args.out else run / "policy"
     policy, report = run_policy_study(model, vae, heldout_batches(cfg, args.batches), cfg.sample, args.steps, cfg.seed)
     save_policy(policy, out / "policy.pt", {"ckpt": str(run / "model.pt"), "val_mse": report["val_mse"]})

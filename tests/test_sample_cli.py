@@ -111,3 +111,17 @@ def test_policy_train_writes_a_policy_that_srdd_sample_uses(run, pyramid_shards,
     assert srdd(["sample", "--ckpt", str(run), "--classes", "1", "--n", "2", *policy]) == 0
     meta = json.loads((run / "samples" / "seed0-policy" / "meta.json").read_text())
     assert meta["sampler"]["refine"] == "policy" and meta["refine_cost"]["passes"] >= 0
+
+
+def test_distill_cli_student_carries_the_teachers_architecture(run, pyramid_shards, srdd_home):
+    """`srdd distill` given no model.* overrides (default size d2) on a d1 teacher: the student's
+    model.pt records d1 on the student schedule, so `srdd sample` can load it."""
+    data = [f"data.pyramids_dir={pyramid_shards}", "train.batch_size=8", "train.wandb=disabled"]
+    assert srdd(["distill", "--teacher", str(run), "--patch-nums", "1,3,6,8", "--steps", "2", "--val-batches", "1",
+                 "run_name=student", *data]) == 0
+    student_cfg = load_config(srdd_home / "student" / "config.yaml")
+    assert student_cfg.model.size == "d1" and student_cfg.model.mask == "srdd"
+    assert srdd(["sample", "--ckpt", "student", "--n", "2"]) == 0
+    with np.load(srdd_home / "student" / "samples" / "seed0-none" / "samples.npz") as npz:
+        assert npz["patch_nums"].tolist() == [1, 3, 6, 8]
+        assert [npz[f"pyramid_s{k}"].shape for k in range(4)] == [(2, 1), (2, 9), (2, 36), (2, 64)]

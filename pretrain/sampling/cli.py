@@ -54,13 +54,14 @@ def sampler_for(run_cfg: SRDDConfig, run: Path, any_cell: bool = False) -> Any:
     return load_codec(run_cfg)
 
 
-def load_for_sampling(ckpt: str) -> tuple[Any, Any, Path]:
-    """(model in eval mode, its run's tokenizer, the run directory) from a trained run's model.pt."""
+def load_for_sampling(ckpt: str) -> tuple[Any, Any, Path, SRDDConfig]:
+    """(model in eval mode, its run's tokenizer, the run directory, the config the model was
+    saved with) from a trained run's model.pt."""
     from pretrain.train.export import load_model
 
     run = resolve_run(ckpt)
     model, run_cfg, _ = load_model(run / "model.pt")
-    return model, sampler_for(run_cfg, run), run
+    return model, sampler_for(run_cfg, run), run, run_cfg
 
 
 def class_labels(classes: Sequence[int], n: int, num_classes: int) -> torch.Tensor:

@@ -104,7 +104,7 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     from pretrain.sampling.cli import load_for_sampling, source_images, write_outputs
     from pretrain.sampling.refine import RefineCost, build_refiner
 
-    model, vae, run = load_for_sampling(args.ckpt)
+    model, vae, run, _ = load_for_sampling(args.ckpt)
     n = args.n or cfg.sample.n
     img, label = source_images(cfg, vae, n)
     cost = RefineCost()
