@@ -69,6 +69,13 @@ def train_step_headlines(obj: dict[str, Any]) -> list[Headline]:
         if base:
             out.append(Headline("train_step", f"SRDD/VAR step time {r['size']} zero{r['zero']} {r['precision']} x{r['ranks']}",
                                 r["step_s"] / base["step_s"], note="same dense attention kernel on CPU; ~1.0 expected"))
+    for r in obj.get("vs_var", []):
+        ratio = r["speed_ratio_vs_var"]
+        out.append(Headline("train_step", f"step speed vs VAR's models.VAR ({r['size']}, torch AdamW fp32)", ratio,
+                            ">= 1.0", ratio >= 1.0, "same weights and batch, steps interleaved"))
+    if "vs_var" not in obj:
+        out.append(Headline("train_step", "step speed vs VAR's models.VAR", None, ">= 1.0", None,
+                            "set VAR_SRC to a checkout of FoundationVision/VAR to measure"))
     return out
 
 
@@ -113,7 +120,7 @@ class Bench:
 BENCHES = [
     Bench("tokenizer", ["--batch", "2", "--repeats", "2"], ["--batch", "4", "--repeats", "3"], tokenizer_headlines),
     Bench("pipeline", ["--steps", "20"], ["--steps", "60"], pipeline_headlines),
-    Bench("train_step", ["--sizes", "d2", "--steps", "4"], ["--sizes", "d2", "d4", "--grid", "full", "--steps", "10"],
+    Bench("train_step", ["--sizes", "d2", "--steps", "8"], ["--sizes", "d2", "d4", "--grid", "full", "--steps", "10"],
           train_step_headlines),
     Bench("sampling", ["--sizes", "d2,d16", "--batch", "2", "--repeats", "1", "--variants", "var-10,srdd-10,srdd-6"],
           ["--sizes", "d2,d16", "--batch", "8", "--repeats", "3"], sampling_headlines),

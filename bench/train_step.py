@@ -11,6 +11,10 @@ peak RSS of the busiest rank on CPU (includes the Python/torch baseline), or
 pyramids, so the tokenizer's input rebuild is not in the timing. Default grid: every size x
 mask at the baseline (ZeRO 0, fp32, 1 rank), then each other setting varied alone on the
 first size with both masks, so ratios are measured side by side in one run.
+
+With ``VAR_SRC`` pointing at a checkout of FoundationVision/VAR, each size is also timed against
+VAR's own ``models.VAR`` on the same weights and batch (``vs_var`` in the JSON; goal: speed
+ratio >= 1.0).
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from pretrain.tokenizer.var_source import var_src
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = {"zero": 0, "precision": "fp32", "ranks": 1}
@@ -96,6 +102,58 @@ def worker(case: dict[str, Any], batch_size: int, warmup: int, steps: int) -> di
             "peak_mem_mib": float(peak_t[0]) / 2**20, "device": str(device)}
 
 
+# ---- against VAR's own model (VAR_SRC) -----------------------------------------------------
+def vs_var_row(size: str, batch_size: int, warmup: int, steps: int, src: Path) -> dict[str, Any]:
+    """Train-step time of this repo's Transformer and of VAR's ``models.VAR`` on one config, one
+    batch and the same weights (the state-dict layouts are identical), both as plain torch modules
+    with AdamW, fp32, one process: the ratio isolates the model code from DeepSpeed. Steps of the
+    two alternate, so a change in load on the cores hits both alike."""
+    import torch
+    import torch.nn.functional as F
+
+    from pretrain.config import load_config
+    from pretrain.model import build_model
+    from pretrain.tokenizer.var_source import import_var_transformer
+
+    cfg = load_config(overrides=[f"model.size={size}", "model.mask=var", "model.drop_path=0"])
+    tok, m = cfg.tokenizer, cfg.model
+    torch.manual_seed(0)
+    ours = build_model(m, tok.vocab_size, tok.z_channels, tok.patch_nums).train()
+    var_models = import_var_transformer(src)
+    var_vae = var_models.VQVAE(vocab_size=tok.vocab_size, z_channels=tok.z_channels, ch=32, test_mode=True,
+                               share_quant_resi=4, v_patch_nums=tuple(tok.patch_nums))
+    theirs = var_models.VAR(vae_local=var_vae, num_classes=m.num_classes, depth=ours.depth, embed_dim=ours.C,
+                            num_heads=ours.num_heads, mlp_ratio=m.mlp_ratio, drop_path_rate=0.0, norm_eps=1e-6,
+                            shared_aln=False, cond_drop_rate=m.cond_drop, attn_l2_norm=True,
+                            patch_nums=tuple(tok.patch_nums), flash_if_available=False, fused_if_available=False)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    theirs.train()
+    g = torch.Generator().manual_seed(0)
+    L = sum(pn * pn for pn in tok.patch_nums)
+    label_B = torch.randint(0, m.num_classes, (batch_size,), generator=g)
+    x_BLCv = torch.randn(batch_size, L - ours.first_l, tok.z_channels, generator=g)
+    target_BL = torch.randint(0, tok.vocab_size, (batch_size, L), generator=g)
+    models = {"ours": ours, "var": theirs}
+    optims = {k: torch.optim.AdamW(v.parameters(), lr=1e-4) for k, v in models.items()}
+
+    def step(name: str) -> float:
+        t0 = time.perf_counter()
+        logits_BLV = models[name](label_B, x_BLCv)
+        F.cross_entropy(logits_BLV.flatten(0, 1), target_BL.flatten()).backward()
+        optims[name].step()
+        optims[name].zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    totals = {"ours": 0.0, "var": 0.0}
+    for i in range(warmup + steps):
+        for name in (("ours", "var") if i % 2 else ("var", "ours")):
+            seconds = step(name)
+            totals[name] += seconds if i >= warmup else 0.0
+    return {"size": size, "batch_size": batch_size, "steps": steps, "params": ours.num_params(),
+            "step_s": totals["ours"] / steps, "var_step_s": totals["var"] / steps,
+            "speed_ratio_vs_var": totals["var"] / totals["ours"]}
+
+
 def run_case(case: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Launch one case in fresh processes; returns its result dict (or the error)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
@@ -159,8 +217,16 @@ def main(argv: list[str] | None = None) -> int:
         print(table(rows).splitlines()[-1], flush=True)
     print()
     print(table(rows))
+    result: dict[str, Any] = {"argv": sys.argv[1:], "rows": rows}
+    src = var_src()
+    if src is not None:
+        result["vs_var"] = [vs_var_row(s, args.batch_size, args.warmup, args.steps, src) for s in args.sizes]
+        print(f"\nvs VAR's models.VAR (VAR_SRC={src}), plain torch + AdamW fp32, same weights and batch:")
+        for r in result["vs_var"]:
+            print(f"  {r['size']}: ours {r['step_s'] * 1e3:.1f} ms, VAR {r['var_step_s'] * 1e3:.1f} ms per step -> "
+                  f"speed ratio {r['speed_ratio_vs_var']:.3f} (goal >= 1.0)")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"argv": sys.argv[1:], "rows": rows}, indent=2) + "\n")
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.json}")
     return 0
 
