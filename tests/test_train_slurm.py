@@ -53,9 +53,12 @@ def test_sbatch_train_size_survives_sigterm_by_checkpoint_and_requeue(slurm_clus
         return subprocess.run(["scontrol", *cmd], capture_output=True, text=True, env=slurm_cluster.full_env()).stdout
 
     subprocess.run(["scancel", "--batch", "--signal=TERM", job], check=True, env=slurm_cluster.full_env())
-    # SLURM keeps a requeued job ineligible for ~2 minutes (BeginTime); make it eligible now.
+    # SLURM keeps a requeued job ineligible for ~2 minutes (BeginTime); make it eligible sooner. Not at
+    # once: slurmd revokes the first run's credential, and refuses any credential of this job created
+    # in the same second ("Job credential revoked", the job FAILS), so let the clock pass it.
     _wait_for(lambda: re.search(r"Restarts=1\b", scontrol("show", "job", job)) and "JobState=PENDING" in
               scontrol("show", "job", job), 120, "the requeue")
+    time.sleep(2.0)
     scontrol("update", f"jobid={job}", "StartTime=now")
     assert slurm_cluster.wait(job, timeout_s=240) == "COMPLETED", log.read_text()[-3000:]
 
