@@ -114,6 +114,7 @@ def vs_var_row(size: str, batch_size: int, warmup: int, steps: int, src: Path) -
     from pretrain.config import load_config
     from pretrain.model import build_model
     from pretrain.tokenizer.var_source import import_var_transformer
+    from pretrain.train.budget import tokens_per_sample
 
     cfg = load_config(overrides=[f"model.size={size}", "model.mask=var", "model.drop_path=0"])
     tok, m = cfg.tokenizer, cfg.model
@@ -129,7 +130,7 @@ def vs_var_row(size: str, batch_size: int, warmup: int, steps: int, src: Path) -
     theirs.load_state_dict(ours.state_dict(), strict=True)
     theirs.train()
     g = torch.Generator().manual_seed(0)
-    L = sum(pn * pn for pn in tok.patch_nums)
+    L = tokens_per_sample(tok.patch_nums)
     label_B = torch.randint(0, m.num_classes, (batch_size,), generator=g)
     x_BLCv = torch.randn(batch_size, L - ours.first_l, tok.z_channels, generator=g)
     target_BL = torch.randint(0, tok.vocab_size, (batch_size, L), generator=g)

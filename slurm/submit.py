@@ -84,18 +84,26 @@ def _describe(job: submitit.Job, reason: str) -> str:
     return f"job {job.job_id}: {reason} (stdout {job.paths.stdout}, stderr {job.paths.stderr})"
 
 
+def job_state(job: submitit.Job) -> str:
+    """submitit's state of a job, cut to its base word ("CANCELLED by 0" -> CANCELLED)."""
+    return job.state.split()[0].upper()
+
+
+def job_succeeded(job: submitit.Job) -> bool:
+    return job_state(job) in _SUCCESS_STATES
+
+
 def _collect(job: submitit.Job, results: dict[str, Any], failures: dict[str, str]) -> None:
     """Result or failure reason of a finished job. A job that died (cancelled, timed out, killed)
     never wrote a result pickle: report its state instead of letting submitit wait for the file."""
-    state = job.state.split()[0].upper()
-    if state not in _SUCCESS_STATES and not job.paths.result_pickle.exists():
-        failures[job.job_id] = _describe(job, state)
+    if not job_succeeded(job) and not job.paths.result_pickle.exists():
+        failures[job.job_id] = _describe(job, job_state(job))
         return
     try:
         results[job.job_id] = job.result()
     except Exception as err:  # noqa: BLE001 - the job's own exception, reported with its log paths
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-        failures[job.job_id] = _describe(job, f"{state}: {first_line}")
+        failures[job.job_id] = _describe(job, f"{job_state(job)}: {first_line}")
 
 
 def wait_all(jobs: Sequence[submitit.Job], timeout_s: float, poll_s: float = 2.0) -> list[Any]:

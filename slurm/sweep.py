@@ -78,7 +78,7 @@ def train_job(cfg_dict: dict[str, Any], srdd_home: str) -> dict[str, Any]:
 def run_sweep(cfgs: Sequence[SRDDConfig], table: Path, cluster: str | None, timeout_s: float,
               poll_s: float = 2.0) -> list[dict[str, Any]]:
     """Submit the unfinished runs, wait for all, write ``table``; returns its rows."""
-    from slurm.submit import make_executor
+    from slurm.submit import job_succeeded, make_executor
 
     home = str(home_dir().resolve())
     jobs = []
@@ -100,8 +100,7 @@ def run_sweep(cfgs: Sequence[SRDDConfig], table: Path, cluster: str | None, time
             raise TimeoutError(f"sweep unfinished after {timeout_s:.0f} s: " +
                                ", ".join(f"{run} ({job.state})" for run, job in jobs if not job.done()))
         time.sleep(poll_s)
-    statuses = {run: "failed" for run, job in jobs if job.state.split()[0].upper() not in ("COMPLETED", "FINISHED")
-                and not (home_dir() / run / "final.json").exists()}
+    statuses = {run: "failed" for run, job in jobs if not job_succeeded(job) and not (home_dir() / run / "final.json").exists()}
     rows = [run_row(home_dir() / cfg.run_name, statuses.get(cfg.run_name)) for cfg in cfgs]
     write_runs_csv(table, rows)
     return rows

@@ -54,14 +54,14 @@ def sampler_for(run_cfg: SRDDConfig, run: Path, any_cell: bool = False) -> Any:
     return load_codec(run_cfg)
 
 
-def load_for_sampling(ckpt: str) -> tuple[Any, Any, Path, SRDDConfig]:
-    """(model in eval mode, its run's tokenizer, the run directory, the config the model was
-    saved with) from a trained run's model.pt."""
+def load_for_sampling(ckpt: str, any_cell: bool = False) -> tuple[Any, Any, Path, SRDDConfig]:
+    """(model in eval mode, its run's tokenizer or codec (see ``sampler_for``), the run directory,
+    the config the model was saved with) from a trained run's model.pt."""
     from pretrain.train.export import load_model
 
     run = resolve_run(ckpt)
     model, run_cfg, _ = load_model(run / "model.pt")
-    return model, sampler_for(run_cfg, run), run, run_cfg
+    return model, sampler_for(run_cfg, run, any_cell), run, run_cfg
 
 
 def class_labels(classes: Sequence[int], n: int, num_classes: int) -> torch.Tensor:
@@ -163,13 +163,10 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     from pretrain.sampling.refine import RefineCost, build_refiner
 
     from pretrain.pyramid.codec import check_sampling
-    from pretrain.train.export import load_model
 
     s = cfg.sample
-    run = resolve_run(args.ckpt)
-    model, run_cfg, _ = load_model(run / "model.pt")
+    model, vae, run, run_cfg = load_for_sampling(args.ckpt, any_cell=True)
     check_sampling(argparse.Namespace(pyramid=run_cfg.pyramid, sample=s))  # the run's cell, this call's sampler
-    vae = sampler_for(run_cfg, run, any_cell=True)
     labels = class_labels(parse_classes(args.classes, s.classes), args.n or s.n, model.num_classes)
     cost = RefineCost()
     refine = build_refiner(s, model, cost)

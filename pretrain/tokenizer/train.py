@@ -40,15 +40,6 @@ log = logging.getLogger("srdd.tokenizer")
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
 
-def image_batches(cfg: SRDDConfig, split: str, batch_size: int, rank: int, world_size: int, seed: int,
-                  infinite: bool) -> Any:
-    """Image shards -> iterable of (img_B3HW in [-1, 1], label_B) with ``state_dict`` for exact resume
-    (the data area's stream behind ``image_loader``)."""
-    from data_pipeline.image_loader import image_stream
-
-    return image_stream(cfg, split, batch_size, rank, world_size, seed, infinite)
-
-
 def psnr_db(mse_pm1: float) -> float:
     """PSNR of images in [-1, 1] measured on the [0, 1] scale: 10 log10(1 / (mse / 4))."""
     return 10 * math.log10(4.0 / max(mse_pm1, 1e-12))
@@ -155,6 +146,8 @@ def validate(vae: MultiScaleVQVAE, batches: Batches, max_batches: int) -> dict[s
 
 
 def main(cfg: SRDDConfig, args: argparse.Namespace | None = None) -> int:
+    from data_pipeline.image_loader import image_stream  # (img_B3HW, label_B) batches, resumable
+
     tok = cfg.tokenizer
     info = init_distributed()
     torch.manual_seed(cfg.seed)
@@ -174,7 +167,7 @@ def main(cfg: SRDDConfig, args: argparse.Namespace | None = None) -> int:
     start = int(state.get("step", 0))
     monitor = CodebookMonitor(vae.quantize)
     gen = torch.Generator().manual_seed(cfg.seed + 7919 * start)
-    train_stream = image_batches(cfg, "train", micro, info.rank, info.world_size, cfg.seed, True)
+    train_stream = image_stream(cfg, "train", micro, info.rank, info.world_size, cfg.seed, True)
     if start:
         monitor.restart_hits_V = state["restart_hits_V"].float().cpu()
         monitor.updates = int(state["monitor_updates"])
@@ -192,7 +185,7 @@ def main(cfg: SRDDConfig, args: argparse.Namespace | None = None) -> int:
              f"{sum(p.numel() for p in vae.parameters()):,}", info.world_size, micro, start, tok.steps, out)
 
     def val_record(step: int) -> None:
-        val_it = iter(image_batches(cfg, "val", micro, info.rank, info.world_size, cfg.seed, False))
+        val_it = iter(image_stream(cfg, "val", micro, info.rank, info.world_size, cfg.seed, False))
         record = {"kind": "tokenizer_val", "step": step, **validate(vae, val_it, tok.val_batches)}
         if info.is_main:
             append_jsonl(metrics, record)
