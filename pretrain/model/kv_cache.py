@@ -47,6 +47,3 @@ class KVCache:
             if self.attn_window is not None:
                 del self.kept[layer][:max(0, len(self.kept[layer]) - self.attn_window)]
         self.staged = [None] * len(self.staged)
-
-    def bytes_kept(self) -> int:
-        return sum(t.numel() * t.element_size() for layer in self.kept for kv in layer for t in kv)

@@ -11,17 +11,7 @@ from typing import Any, Iterator
 
 import torch
 
-from pretrain.config import SRDDConfig
 from pretrain.train.step import Batch
-
-
-def pyramid_loader(cfg: SRDDConfig, split: str, micro_batch: int, rank: int, world_size: int,
-                   infinite: bool = True) -> Any:
-    """The data area's PyramidLoader for this rank (state_dict/load_state_dict for resume)."""
-    from data_pipeline.loader import PyramidLoader
-
-    return PyramidLoader(cfg, split=split, batch_size=micro_batch, rank=rank, world_size=world_size,
-                         seed=cfg.seed, infinite=infinite, num_workers=cfg.train.num_workers)
 
 
 @torch.no_grad()
