@@ -58,10 +58,12 @@ class ScaleStats:
         self.sums_3K = torch.zeros(3, k, dtype=torch.float64)  # nll, hits, tokens
 
     def add(self, nll_BL: torch.Tensor, correct_BL: torch.Tensor) -> None:
-        for k, (a, b) in enumerate(self.bounds):
-            self.sums_3K[0, k] += nll_BL[:, a:b].double().sum().cpu()
-            self.sums_3K[1, k] += correct_BL[:, a:b].double().sum().cpu()
-            self.sums_3K[2, k] += nll_BL[:, a:b].numel()
+        # Per-scale sums are stacked where the batch lives and copied to the host once per
+        # micro-batch (not twice per scale: each copy is a device sync on a GPU).
+        sums_2K = torch.stack([torch.stack([nll_BL[:, a:b].double().sum(), correct_BL[:, a:b].double().sum()])
+                               for a, b in self.bounds], dim=1)
+        self.sums_3K[:2] += sums_2K.cpu()
+        self.sums_3K[2] += torch.tensor([nll_BL[:, a:b].numel() for a, b in self.bounds], dtype=torch.float64)
 
     def reduce(self, device: torch.device) -> dict[str, Any]:
         sums = self.sums_3K.to(device)
