@@ -6,10 +6,13 @@ On machines without CUDA, DeepSpeed's CPU accelerator and gloo are used.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -43,6 +46,39 @@ class DistInfo:
         if torch.cuda.is_available():
             return torch.device("cuda", self.local_rank)
         return torch.device("cpu")
+
+
+log = logging.getLogger(__name__)
+
+# DeepSpeed's CPU accelerator JIT-compiles a shared-memory comm op (~40 s on 2 cores) the first
+# time a group starts, under torch's FileBaton: a lock file that every other process waits on for
+# as long as it exists. A compile that was killed (a timed-out test, a cancelled job) leaves that
+# file behind and every later run on the machine hangs in init. A lock older than any real compile
+# is such a leftover.
+SHM_OP_NAME = "deepspeed_shm_comm"
+STALE_BUILD_LOCK_S = 600.0
+
+
+def release_stale_build_locks(max_age_s: float = STALE_BUILD_LOCK_S) -> list[Path]:
+    """Remove the shm op's build locks older than `max_age_s`; return the paths removed.
+
+    Looks where torch puts extensions: ``$TORCH_EXTENSIONS_DIR/<op>`` or, by default,
+    ``<default build root>/<python+accelerator>/<op>``.
+    """
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    removed = []
+    for lock in [*root.glob(f"{SHM_OP_NAME}/lock"), *root.glob(f"*/{SHM_OP_NAME}/lock")]:
+        try:
+            age_s = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:  # released meanwhile
+            continue
+        if age_s > max_age_s:
+            log.warning("removing a stale build lock %s (%.0f s old; a compile takes under a minute)", lock, age_s)
+            lock.unlink(missing_ok=True)
+            removed.append(lock)
+    return removed
 
 
 _OWNER = "SRDD_SINGLE_PROCESS"
@@ -82,6 +118,8 @@ def init_distributed() -> DistInfo:
         os.environ[_OWNER] = _single_process_mark()
         init_method = f"file://{tempfile.mkdtemp(prefix='srdd-pg-')}/store"
     if not dist.is_initialized():
+        if not torch.cuda.is_available():
+            release_stale_build_locks()
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, init_method=init_method,
                                    rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))

@@ -94,6 +94,42 @@ def test_single_process_rank_variables_inherited_by_a_child_are_not_taken_for_a_
     assert dist._launched_by_a_launcher()  # our own earlier set-up: keep the group we made
 
 
+def test_only_build_locks_older_than_any_compile_are_released(monkeypatch, tmp_path):
+    from pretrain import dist
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    flat, nested = tmp_path / dist.SHM_OP_NAME / "lock", tmp_path / "py311_cpu" / dist.SHM_OP_NAME / "lock"
+    other = tmp_path / "some_other_op" / "lock"
+    for lock in (flat, nested, other):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    old_s = os.path.getmtime(flat) - 2 * dist.STALE_BUILD_LOCK_S
+    os.utime(nested, (old_s, old_s))
+    os.utime(other, (old_s, old_s))
+    assert dist.release_stale_build_locks() == [nested]  # a fresh lock is a compile in progress
+    assert flat.exists() and not nested.exists() and other.exists()  # other ops' locks are not ours
+
+
+@pytest.mark.slow
+def test_a_stale_build_lock_left_by_a_killed_compile_does_not_hang_init(tmp_path):
+    """Without the release, torch's FileBaton waits forever on the dead compile's lock."""
+    from pretrain import dist
+
+    ext_dir = tmp_path / "ext"
+    lock = ext_dir / dist.SHM_OP_NAME / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    old_s = lock.stat().st_mtime - 2 * dist.STALE_BUILD_LOCK_S
+    os.utime(lock, (old_s, old_s))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT", dist._OWNER)}
+    code = "from pretrain.dist import init_distributed; print(init_distributed().world_size)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**env, "TORCH_EXTENSIONS_DIR": str(ext_dir)})
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("1"), proc.stderr[-2000:]
+    assert "removing a stale build lock" in proc.stderr
+    assert (ext_dir / dist.SHM_OP_NAME / f"{dist.SHM_OP_NAME}.so").exists()  # and the op was built
+
+
 # ---- the NaN guard on a real engine ----------------------------------------------------------
 def test_nan_guard_skips_bad_batches_then_stops(monkeypatch, tiny_tokenizer_ckpt, tmp_path):
     for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
