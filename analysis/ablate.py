@@ -84,37 +84,27 @@ def load_cell(run: Path) -> tuple[Any, Any, SRDDConfig]:
 
 
 def sample_images(model: Any, codec: Any, labels_N: Any, cfg: SRDDConfig) -> tuple[Any, int]:
-    """(images for ``labels_N`` with the ``sample.*`` settings, their sampling FLOPs), in
-    ``sample.batch_size`` chunks."""
+    """(images for ``labels_N`` with the ``sample.*`` settings, their sampling FLOPs)."""
     import torch
 
-    from pretrain.sampling import sample
+    from pretrain.sampling import sample_in_batches
 
-    s, out, flops = cfg.sample, [], 0
-    for i in range(0, len(labels_N), s.batch_size):
-        stats: dict[str, Any] = {}
-        out.append(sample(model, codec, labels_N[i:i + s.batch_size], cfg=s.cfg, top_k=s.top_k, top_p=s.top_p,
-                          seed=s.seed + i, temperature=s.temperature, cfg_schedule=s.cfg_schedule, stats=stats))
-        flops += stats["flops"]
-    return torch.cat(out), flops
+    stats: dict[str, Any] = {}
+    images = [img for img, _ in sample_in_batches(model, codec, labels_N, cfg.sample, stats=stats)]
+    return torch.cat(images), stats["flops"]
 
 
 def fd_scorer(cfg: SRDDConfig) -> tuple[Any, str]:
     """(callable images -> FD, metric name) with the eval area's feature network, or (None, why not)."""
-    from analysis.evaluate import _manifest_sha256
+    from analysis.evaluate import val_reference
     from analysis.metrics import frechet_distance_from_stats, gaussian_stats
     from analysis.metrics.networks import load_feature_net
-    from analysis.metrics.reference import reference_for
-    from data_pipeline import source_slug
-    from data_pipeline.image_loader import image_loader
 
     try:
         net = load_feature_net(cfg.eval, cfg.data.source)
     except ConfigError as err:
         return None, f"FD not computed: {err}"
-    cache = home_dir() / "eval_ref" / source_slug(cfg.data.source) / f"{net.name}-val.npz"
-    val_images = lambda: image_loader(cfg, split="val", batch_size=cfg.eval.batch_size, infinite=False)  # noqa: E731
-    ref = reference_for(cache, net, _manifest_sha256(cfg), "val", val_images)
+    ref = val_reference(cfg, net, cfg.eval.batch_size)
 
     def score(img_N3HW: Any) -> float:
         feats_ND, _ = net.extract(img_N3HW.split(cfg.eval.batch_size))

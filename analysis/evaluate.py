@@ -66,15 +66,9 @@ def update_runs_csv(path: Path, run: str, values: dict[str, Any]) -> bool:
 
 
 def _sampled_images(model: Any, vae: Any, labels_N: torch.Tensor, cfg: SRDDConfig) -> Iterator[torch.Tensor]:
-    from pretrain.sampling import sample
-    from pretrain.sampling.refine import build_refiner
+    from pretrain.sampling import sample_in_batches
 
-    s = cfg.sample
-    refine = build_refiner(s, model)
-    for i in range(0, len(labels_N), s.batch_size):
-        yield sample(model, vae, labels_N[i:i + s.batch_size], cfg=s.cfg, top_k=s.top_k, top_p=s.top_p, seed=s.seed + i,
-                     schedule=list(s.schedule) or None, refine=refine, temperature=s.temperature,
-                     cfg_schedule=s.cfg_schedule)
+    return (img for img, _ in sample_in_batches(model, vae, labels_N, cfg.sample))
 
 
 def val_token_metrics(run_cfg: SRDDConfig, model: Any, vae: Any, batch_size: int, max_batches: int) -> dict[str, Any]:
@@ -93,14 +87,18 @@ def val_token_metrics(run_cfg: SRDDConfig, model: Any, vae: Any, batch_size: int
     return {f"val_{k}": v for k, v in res.items()}
 
 
-def _manifest_sha256(run_cfg: SRDDConfig) -> str:
-    from data_pipeline import shards_dir
+def val_reference(run_cfg: SRDDConfig, net: Any, batch_size: int, refresh: bool = False) -> Any:
+    """The run's dataset val-split reference features through ``net``: cached under
+    ``<SRDD_HOME>/eval_ref`` and tied to the image shards' manifest (analysis/metrics/reference.py)."""
+    from analysis.metrics.reference import reference_for
+    from data_pipeline import shards_manifest_path, source_slug
+    from data_pipeline.image_loader import image_loader
     from data_pipeline.tario import file_sha256
 
-    path = Path(shards_dir(run_cfg)) / "manifest.json"
-    if not path.is_file():
-        raise ConfigError(f"data.shards_dir: no {path}; run `srdd shards` for the run's dataset first")
-    return file_sha256(path)
+    manifest_sha256 = file_sha256(shards_manifest_path(run_cfg))
+    cache = home_dir() / "eval_ref" / source_slug(run_cfg.data.source) / f"{net.name}-val.npz"
+    val_images = lambda: image_loader(run_cfg, split="val", batch_size=batch_size, infinite=False)  # noqa: E731
+    return reference_for(cache, net, manifest_sha256, "val", val_images, refresh=refresh)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,9 +114,6 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
 
     run = resolve_run(args.run)  # first: a missing run fails before anything heavy is imported or loaded
     from analysis.metrics.networks import load_feature_net
-    from analysis.metrics.reference import reference_for
-    from data_pipeline import source_slug
-    from data_pipeline.image_loader import image_loader
     from pretrain.sampling.cli import sampler_for
     from pretrain.tokenizer import default_tokenizer_path, tokenizer_hash
     from pretrain.train.export import load_model
@@ -134,9 +129,7 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     net = load_feature_net(cfg.eval, run_cfg.data.source)
     torch.manual_seed(cfg.sample.seed)
 
-    cache = home_dir() / "eval_ref" / source_slug(run_cfg.data.source) / f"{net.name}-val.npz"
-    val_images = lambda: image_loader(run_cfg, split="val", batch_size=cfg.eval.batch_size, infinite=False)  # noqa: E731
-    ref = reference_for(cache, net, _manifest_sha256(run_cfg), "val", val_images, refresh=args.refresh_reference)
+    ref = val_reference(run_cfg, net, cfg.eval.batch_size, refresh=args.refresh_reference)
     with torch.no_grad():
         feats_ND, probs_NC = net.extract(_sampled_images(model, vae, class_labels([], n, model.num_classes), cfg))
     quality = quality_metrics(net, ref, feats_ND, probs_NC, cfg.eval)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pretrain.config import SRDDConfig
 
-__all__ = ["source_slug", "shards_dir", "pyramids_dir"]
+__all__ = ["source_slug", "shards_dir", "shards_manifest_path", "pyramids_dir"]
 
 
 def source_slug(source: str) -> str:
@@ -24,6 +24,16 @@ def shards_dir(cfg: "SRDDConfig") -> Path:
     from pretrain.config import home_dir
 
     return Path(cfg.data.shards_dir) if cfg.data.shards_dir else home_dir() / "data" / source_slug(cfg.data.source) / "shards"
+
+
+def shards_manifest_path(cfg: "SRDDConfig") -> Path:
+    """The image shards' ``manifest.json`` (what reference statistics and feature nets are tied to)."""
+    from pretrain.configlib import ConfigError
+
+    path = shards_dir(cfg) / "manifest.json"
+    if not path.is_file():
+        raise ConfigError(f"data.shards_dir: no {path}; run `srdd shards` for the run's dataset first")
+    return path
 
 
 def pyramids_dir(cfg: "SRDDConfig") -> Path:

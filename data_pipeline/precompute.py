@@ -20,7 +20,6 @@ import json
 import logging
 import multiprocessing
 import time
-from collections import Counter
 from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -30,9 +29,10 @@ import torch
 from tqdm import tqdm
 
 from data_pipeline import pyramids_dir, shards_dir
-from data_pipeline.images import IMAGE_EXTS, BadInput, decode_image, preprocess, to_pm1
+from data_pipeline.images import BadInput, decode_image, preprocess, to_pm1
 from data_pipeline.pyramid_format import FORMAT, pack, token_dtype
-from data_pipeline.sources import expand_pattern
+from data_pipeline.shards import Tally
+from data_pipeline.sources import expand_pattern, sample_image, sample_label
 from data_pipeline.tario import file_sha256, read_tar, write_tar
 from pretrain.config import SRDDConfig, home_dir
 from pretrain.configlib import ConfigError
@@ -88,18 +88,13 @@ _Job = tuple[str, dict[str, bytes], int, float, bool, int]
 def prepare(job: _Job) -> tuple[Any, ...]:
     """Worker: ("ok", key, label, uint8 HxWx3, crop, mode, meta) or ("skip", key, reason, detail)."""
     key, sample, reso, mid_reso, random_crop, seed = job
-    raw_cls = sample.get("cls")
-    try:
-        label = int(raw_cls.decode().strip()) if raw_cls is not None else None
-    except ValueError:
-        label = None
+    label, data = sample_label(sample), sample_image(sample)
     if label is None:
         return ("skip", key, "no class", "")
-    ext = next((e for e in IMAGE_EXTS if e in sample), None)
-    if ext is None:
+    if data is None:
         return ("skip", key, "no image", "")
     try:
-        img, mode = decode_image(sample[ext])
+        img, mode = decode_image(data)
     except BadInput as e:
         return ("skip", key, e.reason, e.detail)
     arr, crop = preprocess(img, reso, mid_reso, random_crop, seed, key)
@@ -138,9 +133,8 @@ def precompute_shard(in_path: Path, out: Path, ident: dict[str, Any], vae: Any, 
     d = cfg.data
     for stale in out.glob(f".{in_path.stem}.*.tmp"):  # temp files of a killed run of this shard
         stale.unlink(missing_ok=True)
-    skipped: list[dict] = []
-    converted: Counter[str] = Counter()
-    jobs = ((key, s, d.resolution, d.mid_reso, d.random_crop, d.seed) for key, s in read_tar(in_path, skipped))
+    tally = Tally()
+    jobs = ((key, s, d.resolution, d.mid_reso, d.random_crop, d.seed) for key, s in read_tar(in_path, tally.skipped))
     prepared = pool.imap(prepare, jobs, chunksize=16) if pool is not None else map(prepare, jobs)
     dtype = np.dtype(ident["token_dtype"])
     samples = []
@@ -148,19 +142,17 @@ def precompute_shard(in_path: Path, out: Path, ident: dict[str, Any], vae: Any, 
         ok = [r for r in chunk if r[0] == "ok"]
         for r in chunk:
             if r[0] == "skip":
-                skipped.append({"input": f"{in_path.name}:{r[1]}", "reason": r[2], **({"detail": r[3]} if r[3] else {})})
+                tally.skip(f"{in_path.name}:{r[1]}", r[2], r[3])
         if ok:
             tokens_BFL = encode(vae, np.stack([r[3] for r in ok]), d.flip).astype(dtype)
             for (_, key, label, _, crop, mode, meta), tokens_FL in zip(ok, tokens_BFL):
-                converted.update([mode] if mode != "RGB" else [])
+                tally.converted.update([mode] if mode != "RGB" else [])
                 samples.append((key, pack(label, tokens_FL, {"crop": list(crop), "source": meta})))
         bar.update(len(chunk))
     out_path = out / in_path.name
     write_tar(out_path, samples)
     manifest = {**ident, "input": in_path.name, "input_sha256": file_sha256(in_path), "output": out_path.name,
-                "output_sha256": file_sha256(out_path), "count": len(samples), "skipped": skipped,
-                "skipped_counts": dict(sorted(Counter(s["reason"] for s in skipped).items())),
-                "converted": dict(sorted(converted.items()))}
+                "output_sha256": file_sha256(out_path), "count": len(samples), **tally.manifest_fields()}
     atomic_write_json(shard_manifest_path(out, in_path), manifest)
     return manifest
 
@@ -244,15 +236,14 @@ def finalize(out: Path, shards: Sequence[Path], ident: dict[str, Any]) -> dict[s
         s = splits.setdefault(m["output"].split("-")[0], {"count": 0, "shards": 0})
         s["count"] += m["count"]
         s["shards"] += 1
-    skipped = [s for m in manifests for s in m["skipped"]]
-    converted: Counter[str] = Counter()
+    tally = Tally()
     for m in manifests:
-        converted.update(m["converted"])
+        tally.skipped += m["skipped"]
+        tally.converted.update(m["converted"])
     classes = _source_classes(shards[0].parent)
     total = {**ident, **classes, "count": sum(m["count"] for m in manifests), "splits": splits,
              "shards": [{k: m[k] for k in ("output", "output_sha256", "count", "input", "input_sha256")} for m in manifests],
-             "skipped": skipped, "skipped_counts": dict(sorted(Counter(s["reason"] for s in skipped).items())),
-             "converted": dict(sorted(converted.items()))}
+             **tally.manifest_fields()}
     atomic_write_json(out / MANIFEST, total)
     return total
 

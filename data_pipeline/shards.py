@@ -15,7 +15,7 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -58,6 +58,10 @@ class Tally:
 
     def counts(self) -> dict[str, int]:
         return dict(sorted(Counter(s["reason"] for s in self.skipped).items()))
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """The manifest keys every stage that reads inputs writes: skipped, skipped_counts, converted."""
+        return {"skipped": self.skipped, "skipped_counts": self.counts(), "converted": dict(sorted(self.converted.items()))}
 
     def summary(self) -> str:
         conv = ", ".join(f"{m}->RGB {n}" for m, n in sorted(self.converted.items())) or "none"
@@ -143,7 +147,7 @@ def write_shards(cfg: SRDDConfig, out: Path) -> dict:
         "shard_size": d.shard_size, "limit": d.limit, "image_format": d.image_format,
         "classes": listing.classes, "num_classes": len(listing.classes),
         "inputs": len(listing.items) + len(listing.skipped), "splits": splits,
-        "skipped": tally.skipped, "skipped_counts": tally.counts(), "converted": dict(sorted(tally.converted.items())),
+        **tally.manifest_fields(),
     }
     atomic_write_json(out / "manifest.json", manifest)
     save_config(cfg, out)

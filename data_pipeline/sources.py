@@ -79,12 +79,19 @@ def folder_listing(root: Path) -> Listing:
     return Listing(items, classes, [])
 
 
-def _label(sample: dict[str, bytes]) -> int | None:
+def sample_label(sample: dict[str, bytes]) -> int | None:
+    """The class of a WebDataset sample (``{key}.cls``, decimal text); None when absent or not an int."""
     raw = sample.get("cls")
     try:
         return int(raw.decode().strip()) if raw is not None else None
     except ValueError:
         return None
+
+
+def sample_image(sample: dict[str, bytes]) -> bytes | None:
+    """The encoded image of a WebDataset sample: its first member with an image extension."""
+    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    return sample[ext] if ext else None
 
 
 def tars_listing(pattern: str) -> Listing:
@@ -96,8 +103,7 @@ def tars_listing(pattern: str) -> Listing:
     skipped: list[dict] = []
     for path in paths:
         for key, sample in read_tar(path, skipped):
-            ext = next((e for e in IMAGE_EXTS if e in sample), None)
-            items.append(Item(f"{path.name}:{key}", _label(sample), data=sample[ext] if ext else None))
+            items.append(Item(f"{path.name}:{key}", sample_label(sample), data=sample_image(sample)))
     labels = sorted({it.label for it in items if it.label is not None})
     return Listing(items, [str(c) for c in range(max(labels) + 1)] if labels else [], skipped)
 

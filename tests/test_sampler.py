@@ -136,3 +136,28 @@ def test_schedule_is_a_subsequence_of_the_models_scales(ref, vae):
         sample(model, vae, ref["label_B"], schedule=[1, 5, 8])
     with pytest.raises(ValueError, match="class ids in \\[0, 10\\]"):
         sample(model, vae, torch.tensor([11]))
+
+
+def test_sample_in_batches_is_per_chunk_sample_with_every_setting(ref, vae):
+    """The loop behind `srdd sample` / `eval` / `ablate`: chunk i = sample(seed + i) with the config's
+    schedule and refinement; stats sum over chunks, peaks take the max."""
+    from pretrain.sampling import sample_in_batches
+    from pretrain.sampling.config import SampleConfig
+    from pretrain.sampling.refine import RefineCost
+
+    model = reference_model(attn_window=0, ref=ref)
+    s = SampleConfig(batch_size=2, seed=7, schedule=[1, 2, 4, 8], refine="sr", top_k=5)
+    labels_N = torch.tensor([0, 1, 2, 3, 4])
+    stats, cost = {}, RefineCost()
+    chunks = list(sample_in_batches(model, vae, labels_N, s, cost, stats))
+    assert [img.shape[0] for img, _ in chunks] == [2, 2, 1]
+    passes, flops, peak = 0, 0, 0
+    for i, (img, idx) in zip((0, 2, 4), chunks):
+        own: dict = {}
+        ref_img, ref_idx = sample(model, vae, labels_N[i:i + 2], seed=7 + i, schedule=[1, 2, 4, 8], top_k=5,
+                                  refine=lambda step: step.draw(step.forward()), return_pyramid=True, stats=own)
+        assert [t.shape[1] for t in idx] == [1, 4, 16, 64]  # the schedule was used
+        assert all(torch.equal(a, b) for a, b in zip(idx, ref_idx)) and torch.equal(img, ref_img)
+        passes, flops, peak = passes + own["passes"], flops + own["flops"], max(peak, own["kv_cache_bytes_peak"])
+    assert (stats["passes"], stats["flops"], stats["kv_cache_bytes_peak"]) == (passes, flops, peak)
+    assert cost.passes == 3 * 4  # SR: one extra pass per scale per chunk, counted by the refiner

@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -19,9 +18,8 @@ import torch.nn.functional as F
 
 from analysis.metrics.cnn import ClassifierCNN, save_classifier
 from analysis.metrics.networks import default_classifier_path
-from data_pipeline import shards_dir, source_slug
+from data_pipeline import shards_manifest_path, source_slug
 from pretrain.config import SRDDConfig
-from pretrain.configlib import ConfigError
 from pretrain.outputs import save_config
 
 log = logging.getLogger("srdd.eval_net")
@@ -73,13 +71,6 @@ def train_classifier(net: ClassifierCNN, train_batches: Iterator[tuple[torch.Ten
     return accuracy(net, val_batches())
 
 
-def _manifest(cfg: SRDDConfig) -> tuple[dict, Path]:
-    path = Path(shards_dir(cfg)) / "manifest.json"
-    if not path.is_file():
-        raise ConfigError(f"data.shards_dir: no {path}; run `srdd shards` first")
-    return json.loads(path.read_text()), path
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-acc", type=float, default=0.0, help="exit 1 if val accuracy is below this (e.g. 0.98 on MNIST)")
 
@@ -89,7 +80,8 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     from data_pipeline.tario import file_sha256
 
     torch.manual_seed(cfg.seed)
-    manifest, manifest_path = _manifest(cfg)
+    manifest_path = shards_manifest_path(cfg)
+    manifest = json.loads(manifest_path.read_text())
     n_train = int(manifest["splits"]["train"]["count"])
     bs = cfg.eval.net_batch_size
     steps = cfg.eval.net_epochs * math.ceil(n_train / bs)

@@ -19,6 +19,15 @@ def scale_ids(patch_nums: Sequence[int]) -> torch.Tensor:
     return torch.cat([torch.full((pn * pn,), k, dtype=torch.long) for k, pn in enumerate(patch_nums)])
 
 
+def scale_bounds(patch_nums: Sequence[int]) -> list[tuple[int, int]]:
+    """[begin, end) token range of each scale in the flattened pyramid (VAR's ``begin_ends``)."""
+    bounds, begin = [], 0
+    for pn in patch_nums:
+        bounds.append((begin, begin + pn * pn))
+        begin += pn * pn
+    return bounds
+
+
 def first_visible_scale(k: int, attn_window: Optional[int]) -> int:
     """Oldest scale a scale-k query sees."""
     return 0 if attn_window is None else max(0, k - attn_window)

@@ -23,7 +23,7 @@ from torch import nn
 
 from pretrain.model.blocks import AdaLNBeforeHead, AdaLNSelfAttn
 from pretrain.model.kv_cache import KVCache
-from pretrain.model.masks import attn_bias, scale_ids
+from pretrain.model.masks import attn_bias, scale_bounds, scale_ids
 
 VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 # Lookup tables: no matmul per token, excluded from the non-embedding count (Kaplan et al. 2020).
@@ -46,10 +46,9 @@ class Transformer(nn.Module):
         self.num_heads = heads if heads is not None else depth
         self.cond_drop_rate, self.attn_window = cond_drop, attn_window
         self.patch_nums = tuple(int(p) for p in patch_nums)
-        self.L = sum(pn * pn for pn in self.patch_nums)
+        self.begin_ends = scale_bounds(self.patch_nums)
+        self.L = self.begin_ends[-1][1]
         self.first_l = self.patch_nums[0] ** 2
-        ends = [0] + [sum(pn * pn for pn in self.patch_nums[:k + 1]) for k in range(len(self.patch_nums))]
-        self.begin_ends = list(zip(ends[:-1], ends[1:]))
 
         C = self.C
         self.word_embed = nn.Linear(z_channels, C)

@@ -6,5 +6,5 @@ from __future__ import annotations
 from pretrain.lazy import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
-    "pretrain.sampling.sampler": ["sample", "ScaleStep", "guidance_weights"],
+    "pretrain.sampling.sampler": ["sample", "sample_in_batches", "ScaleStep", "guidance_weights"],
 })

@@ -159,8 +159,8 @@ def parse_classes(text: str | None, default: Sequence[int]) -> list[int]:
 
 
 def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
-    from pretrain.sampling import sample
-    from pretrain.sampling.refine import RefineCost, build_refiner
+    from pretrain.sampling import sample_in_batches
+    from pretrain.sampling.refine import RefineCost
 
     from pretrain.pyramid.codec import check_sampling
 
@@ -169,14 +169,8 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     check_sampling(argparse.Namespace(pyramid=run_cfg.pyramid, sample=s))  # the run's cell, this call's sampler
     labels = class_labels(parse_classes(args.classes, s.classes), args.n or s.n, model.num_classes)
     cost = RefineCost()
-    refine = build_refiner(s, model, cost)
-    images, pyramids = [], []
     with torch.no_grad():
-        for i in range(0, len(labels), s.batch_size):
-            img, pyr = sample(model, vae, labels[i:i + s.batch_size], cfg=s.cfg, top_k=s.top_k, top_p=s.top_p,
-                              seed=s.seed + i, schedule=list(s.schedule) or None, refine=refine,
-                              temperature=s.temperature, cfg_schedule=s.cfg_schedule, return_pyramid=True)
-            images.append(img), pyramids.append(pyr)
+        images, pyramids = zip(*sample_in_batches(model, vae, labels, s, cost))
     pyramid = [torch.cat(p) for p in zip(*pyramids)]
     out = Path(args.out) if args.out else run / "samples" / f"seed{s.seed}-{s.refine}"
     meta = {"ckpt": str(run / "model.pt"), "n": len(labels), "classes": sorted(set(labels.tolist())),

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -170,3 +170,26 @@ def sample(model: Any, vae: Any, label_B: torch.Tensor, cfg: float = 1.5, top_k:
         stats.update(counts, kv_cache_bytes_peak=cache.bytes_peak, loop_s=t_loop - t_start,
                      decode_s=time.perf_counter() - t_loop)
     return (img_B3HW, idx_list) if return_pyramid else img_B3HW
+
+
+def sample_in_batches(model: Any, vae: Any, label_N: torch.Tensor, sample_cfg: Any, cost: Any = None,
+                      stats: Optional[dict[str, Any]] = None) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """``sample`` over ``label_N`` in ``sample_cfg.batch_size`` chunks with every ``sample.*``
+    setting (schedule, refinement, guidance, truncation), yielding each chunk's (images, pyramid).
+
+    The chunk that starts at label i is seeded ``seed + i``. ``cost`` (a ``RefineCost``) counts
+    the refiner's work; ``stats`` accumulates the chunks' ``sample`` stats: sums, and the max
+    for peaks. This is the one loop behind ``srdd sample``, ``srdd eval`` and ``srdd ablate``.
+    """
+    from pretrain.sampling.refine import build_refiner
+
+    s = sample_cfg
+    refine = build_refiner(s, model, cost)
+    for i in range(0, len(label_N), s.batch_size):
+        chunk: dict[str, Any] = {}
+        yield sample(model, vae, label_N[i:i + s.batch_size], cfg=s.cfg, top_k=s.top_k, top_p=s.top_p,
+                     seed=s.seed + i, schedule=list(s.schedule) or None, refine=refine, temperature=s.temperature,
+                     cfg_schedule=s.cfg_schedule, return_pyramid=True, stats=chunk)
+        if stats is not None:
+            for key, value in chunk.items():
+                stats[key] = max(stats.get(key, value), value) if key.endswith("_peak") else stats.get(key, 0) + value

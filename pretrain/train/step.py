@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from pretrain.model.masks import scale_bounds
 from pretrain.train.signals import StopRequest
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # label_B, x_BLCv_wo_first_l, target_BL
@@ -23,15 +24,6 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive NaN/inf losses: the run stops instead of training on garbage."""
-
-
-def scale_bounds(patch_nums: Sequence[int]) -> list[tuple[int, int]]:
-    """[start, end) token range of each scale in the flattened pyramid."""
-    bounds, start = [], 0
-    for pn in patch_nums:
-        bounds.append((start, start + pn * pn))
-        start += pn * pn
-    return bounds
 
 
 def token_losses(logits_BLV: torch.Tensor, target_BL: torch.Tensor, label_smoothing: float
