@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	DS_BUILD_OPS=0 $(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -c 'from pretrain.dist import prebuild_ops; prebuild_ops()'  # DeepSpeed's CPU comm op, once
 	touch $(STAMP)
 
 install: $(STAMP)

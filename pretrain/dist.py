@@ -81,6 +81,17 @@ def release_stale_build_locks(max_age_s: float = STALE_BUILD_LOCK_S) -> list[Pat
     return removed
 
 
+def prebuild_ops() -> None:
+    """Compile the CPU shm comm op now, in one process (``make install`` calls this), so that no
+    run compiles it concurrently with others or is killed mid-compile. No-op with CUDA."""
+    if torch.cuda.is_available():
+        return
+    release_stale_build_locks()
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
+
+
 _OWNER = "SRDD_SINGLE_PROCESS"
 
 
