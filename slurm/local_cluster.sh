@@ -158,6 +158,20 @@ wait_idle() {
     die "node did not become idle"
 }
 
+# Something already accepts connections on the port: another checkout's cluster, most likely. Our
+# slurmctld could not bind it, and scontrol would silently talk to that other controller.
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+check_ports_free() {
+    local port owner
+    for port in "$PORT" "$((PORT + 1))"; do
+        port_in_use "$port" || continue
+        owner="$(ss -ltnpH "sport = :$port" 2>/dev/null | grep -o 'users:.*' | head -n1 || true)"
+        die "port $port is taken${owner:+ by $owner} (another local cluster? stop it with its own" \
+            "slurm/local_cluster.sh stop, or set SRDD_SLURM_PORT to a free port)"
+    done
+}
+
 print_env() {
     echo "export SLURM_CONF=$CONF"
     echo "export PATH=$BIN:\$PATH"
@@ -177,12 +191,14 @@ cmd_start() {
     fi
     [ "$(id -u)" -eq 0 ] || die "starting the local cluster needs root (slurmd runs jobs as their user)"
     cmd_stop_locked
+    check_ports_free
     write_conf
     start_munge
     slurmctld -f "$CONF" -i 9>&-
     slurmd -f "$CONF" -N localhost 9>&-
     for _ in $(seq 100); do scontrol ping >/dev/null 2>&1 && break; sleep 0.2; done
     wait_idle
+    is_up || { tail -n 20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true; die "daemons exited after start"; }
     log "up: node localhost, $CPUS CPUs, state dir $DIR"
     print_env
 }

@@ -69,6 +69,18 @@ def test_status_exits_nonzero_when_down(tmp_path):
 
 
 @slurm
+def test_a_second_cluster_on_a_taken_port_refuses_to_start(slurm_cluster, tmp_path):
+    """A second checkout's cluster on the same port must not 'start' by talking to the first one's
+    controller (its jobs would run under the other checkout's daemons)."""
+    second = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=120,
+                            env=slurm_cluster.full_env({"SRDD_SLURM_DIR": str(tmp_path / "second")}))
+    assert second.returncode == 1
+    assert re.search(r"port \d+ is taken by .*slurmctld.*SRDD_SLURM_PORT", second.stderr), second.stderr
+    assert not (tmp_path / "second" / "run" / "slurmctld.pid").exists()
+    assert _cluster_script(slurm_cluster, "status").returncode == 0  # the first cluster is untouched
+
+
+@slurm
 def test_sbatch_job_runs_to_completion(slurm_cluster, tmp_path):
     out = tmp_path / "out.txt"
     script = _write_script(tmp_path / "job.sh", 'echo "args=$* greeting=$GREETING node=$SLURMD_NODENAME" > "$1"\n')
