@@ -143,6 +143,8 @@ is_up() {
         && scontrol ping >/dev/null 2>&1
 }
 
+show_logs() { tail -n 20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true; }
+
 wait_idle() {
     local deadline=$((SECONDS + START_TIMEOUT_S)) state=""
     while [ "$SECONDS" -lt "$deadline" ]; do
@@ -154,7 +156,7 @@ wait_idle() {
         sleep 0.5
     done
     log "node state after ${START_TIMEOUT_S}s: '${state}'; last log lines:"
-    tail -n 20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true
+    show_logs
     die "node did not become idle"
 }
 
@@ -198,7 +200,7 @@ cmd_start() {
     slurmd -f "$CONF" -N localhost 9>&-
     for _ in $(seq 100); do scontrol ping >/dev/null 2>&1 && break; sleep 0.2; done
     wait_idle
-    is_up || { tail -n 20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true; die "daemons exited after start"; }
+    is_up || { show_logs; die "daemons exited after start"; }
     log "up: node localhost, $CPUS CPUs, state dir $DIR"
     print_env
 }
