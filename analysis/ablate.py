@@ -31,7 +31,7 @@ from typing import Any, Sequence
 from omegaconf import OmegaConf
 
 from pretrain.config import SRDDConfig, home_dir
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.outputs import atomic_write_json, atomic_write_text, run_dir, save_config
 
 log = logging.getLogger("srdd.ablate")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pretrain.config import SRDDConfig, home_dir
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.outputs import append_jsonl, atomic_write_json, save_config
 
 log = logging.getLogger("srdd.eval")

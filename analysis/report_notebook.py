@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
-from analysis.scaling.config import FitConfig
+from pretrain.config.fit import FitConfig
 from analysis.scaling.fit import fit_frame
 from analysis.scaling.plots import curve_axes
 from analysis.scaling.rundir import RunsDir, next_size, scaled_params

@@ -16,7 +16,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from analysis.scaling import synthetic  # noqa: E402
-from analysis.scaling.config import FitConfig  # noqa: E402
+from pretrain.config.fit import FitConfig  # noqa: E402
 from analysis.scaling.fit import fit_frame  # noqa: E402
 from pretrain.outputs import atomic_write_json  # noqa: E402
 

@@ -1,15 +1,10 @@
-"""Data pipeline: image shards, pyramid shards, loaders (docs/data.md).
-
-Import-light on purpose: ``pretrain.config`` imports ``data_pipeline.config`` at start-up.
-"""
+"""Data pipeline: image shards, pyramid shards, loaders (docs/data.md)."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from pretrain.config import SRDDConfig
+from pretrain.config import ConfigError, SRDDConfig, home_dir
 
 __all__ = ["source_slug", "shards_dir", "shards_manifest_path", "pyramids_dir"]
 
@@ -19,25 +14,19 @@ def source_slug(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", source).strip("-").lower()
 
 
-def shards_dir(cfg: "SRDDConfig") -> Path:
+def shards_dir(cfg: SRDDConfig) -> Path:
     """``data.shards_dir`` or ``<SRDD_HOME>/data/<source-slug>/shards``."""
-    from pretrain.config import home_dir
-
     return Path(cfg.data.shards_dir) if cfg.data.shards_dir else home_dir() / "data" / source_slug(cfg.data.source) / "shards"
 
 
-def shards_manifest_path(cfg: "SRDDConfig") -> Path:
+def shards_manifest_path(cfg: SRDDConfig) -> Path:
     """The image shards' ``manifest.json`` (what reference statistics and feature nets are tied to)."""
-    from pretrain.configlib import ConfigError
-
     path = shards_dir(cfg) / "manifest.json"
     if not path.is_file():
         raise ConfigError(f"data.shards_dir: no {path}; run `srdd shards` for the run's dataset first")
     return path
 
 
-def pyramids_dir(cfg: "SRDDConfig") -> Path:
+def pyramids_dir(cfg: SRDDConfig) -> Path:
     """``data.pyramids_dir`` or ``<SRDD_HOME>/data/<source-slug>/pyramids``."""
-    from pretrain.config import home_dir
-
     return Path(cfg.data.pyramids_dir) if cfg.data.pyramids_dir else home_dir() / "data" / source_slug(cfg.data.source) / "pyramids"

@@ -19,7 +19,7 @@ from data_pipeline.images import IMAGE_EXTS, BadInput, decode_image, preprocess,
 from data_pipeline.stream import ShardStream, StreamSpec, split_shards
 from data_pipeline.tario import Sample
 from pretrain.config import SRDDConfig
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 
 log = logging.getLogger("srdd.data")
 

@@ -22,7 +22,7 @@ from data_pipeline.pyramid_format import split_scales, unpack_tokens
 from data_pipeline.stream import ShardStream, StreamSpec, split_shards, stack_labels
 from data_pipeline.tario import Sample
 from pretrain.config import SRDDConfig
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 
 Batch = tuple[torch.Tensor, list[torch.Tensor]]
 

@@ -35,7 +35,7 @@ from data_pipeline.shards import Tally
 from data_pipeline.sources import expand_pattern, sample_image, sample_label
 from data_pipeline.tario import file_sha256, read_tar, write_tar
 from pretrain.config import SRDDConfig, home_dir
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.outputs import atomic_write_json, save_config
 
 log = logging.getLogger("srdd.pyramids")

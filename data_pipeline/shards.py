@@ -24,7 +24,7 @@ from data_pipeline.images import BadInput, encode_image
 from data_pipeline.sources import Item, Listing, expand_pattern, list_source
 from data_pipeline.tario import Sample, file_sha256, write_tar
 from pretrain.config import SRDDConfig
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.outputs import atomic_write_json, save_config
 
 log = logging.getLogger("srdd.shards")

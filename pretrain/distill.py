@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.config import SRDDConfig
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.outputs import append_jsonl, atomic_write_json, run_dir, save_config
 
 log = logging.getLogger("srdd.distill")

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from pretrain import dist as _dist  # noqa: F401  (sets DS_ACCELERATOR before deepspeed is imported)
-from pretrain.configlib import ConfigError
-from pretrain.train.config import TrainConfig
+from pretrain.config.fields import ConfigError
+from pretrain.config.train import TrainConfig
 
 
 def peak_lr(train: TrainConfig) -> float:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.config import SRDDConfig
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.outputs import append_jsonl, atomic_path, atomic_write_json, save_config
 from pretrain.sampling.refine import Refiner, RefineCost, select_below, token_prob
 

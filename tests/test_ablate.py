@@ -14,7 +14,7 @@ import pytest
 
 from analysis.ablate import CELLS, main, parse_cells
 from pretrain.config import load_config
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.outputs import read_jsonl
 
 TINY = ["model.size=d1", "train.batch_size=8", "train.max_steps=12", "train.log_every=1", "train.val_every=0",

@@ -79,8 +79,8 @@ def test_valid_keys_cover_every_section():
 def test_readme_config_reference_is_current():
     from pathlib import Path
 
-    from pretrain.config_reference import embed
+    from pretrain.config.reference import embed
 
     readme = Path(__file__).resolve().parents[1] / "README.md"
     text = readme.read_text()
-    assert embed(text) == text, "README config reference is stale: python -m pretrain.config_reference --write README.md"
+    assert embed(text) == text, "README config reference is stale: python -m pretrain.config.reference --write README.md"

@@ -25,7 +25,7 @@ from data_pipeline.tario import read_tar, write_tar
 from pretrain.cli import main as cli_main
 from pretrain.config import load_config
 from pretrain.tokenizer.checkpoint import build_tokenizer, load_tokenizer, save_tokenizer
-from pretrain.tokenizer.config import TokenizerConfig
+from pretrain.config.tokenizer import TokenizerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 

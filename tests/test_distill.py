@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.distill import (check_schedule, default_student_schedule, distill_loss, requantize, schedule_model,
                               token_metrics)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pretrain.model import Transformer, VarStateDictError, build_model
-from pretrain.model.config import ModelConfig
+from pretrain.config.model import ModelConfig
 from pretrain.model.flops import forward_flops_per_sample, train_flops_per_sample
 from pretrain.model.masks import attn_bias
 from tests.fixtures.var_model_reference.reference import load_model_reference, reference_model

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from data_pipeline.loader import PyramidLoader
 from pretrain.config import load_config
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.model import build_model
 from pretrain.policy import (FEATURES, ResamplePolicy, load_policy, redraw_gain, run_policy_study, save_policy,
                              uncertainty_features)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.config import load_config
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.pyramid.codec import UniformCodes, VarCodec, build_codec, check_sampling
 from pretrain.pyramid.heads import FactorisedHead, GaussianHead
 

@@ -142,7 +142,7 @@ def test_sample_in_batches_is_per_chunk_sample_with_every_setting(ref, vae):
     """The loop behind `srdd sample` / `eval` / `ablate`: chunk i = sample(seed + i) with the config's
     schedule and refinement; stats sum over chunks, peaks take the max."""
     from pretrain.sampling import sample_in_batches
-    from pretrain.sampling.config import SampleConfig
+    from pretrain.config.sample import SampleConfig
     from pretrain.sampling.refine import RefineCost
 
     model = reference_model(attn_window=0, ref=ref)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from analysis.scaling import synthetic
-from analysis.scaling.config import FitConfig
+from pretrain.config.fit import FitConfig
 from analysis.scaling.fit import FitResult, fit_frame
 from analysis.scaling.forms import huber_objective, _objective_and_grad
 from analysis.scaling.table import RunsTableError
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 
 
 def _within(fit: FitResult, truth: dict[str, float]) -> None:

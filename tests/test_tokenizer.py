@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from pretrain.tokenizer.checkpoint import (TokenizerCheckpointError, build_tokenizer, load_tokenizer,
                                            save_tokenizer, tokenizer_hash)
-from pretrain.tokenizer.config import TokenizerConfig
+from pretrain.config.tokenizer import TokenizerConfig
 from pretrain.tokenizer.quantizer import phi_index
 from pretrain.tokenizer.vqvae import MultiScaleVQVAE
 

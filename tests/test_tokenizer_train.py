@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import pretrain.tokenizer.train as tokenizer_train
 from pretrain.config import load_config
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.outputs import read_jsonl, run_dir
 from pretrain.tokenizer.checkpoint import load_tokenizer
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.config import load_config
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.outputs import read_jsonl
 from pretrain.train.budget import tokens_per_sample, total_steps
 from pretrain.train.checkpoint import MARKER, CheckpointManager, check_compatible, frozen_keys

@@ -18,9 +18,9 @@ from analysis.metrics.checks import MetricInputError
 from analysis.metrics.cnn import load_classifier
 from data_pipeline import source_slug
 from data_pipeline.tario import file_sha256
-from analysis.metrics_config import EvalConfig
+from pretrain.config.eval import EvalConfig
 from pretrain.config import home_dir
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 
 
 def default_classifier_path(eval_cfg: EvalConfig, source: str) -> Path:

@@ -16,7 +16,7 @@ import numpy as np
 
 from analysis.metrics.frechet import GaussianStats, gaussian_stats
 from analysis.metrics.networks import FeatureNet
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.outputs import atomic_path
 
 

@@ -13,13 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-from analysis.scaling.config import FORMS, FitConfig
+from pretrain.config.fit import FORMS, FitConfig
 from analysis.scaling.fit import column_map, fit_table
 from analysis.scaling.forms import FORMS as FORM_SPECS
 from analysis.scaling.plots import save_fit_plots
 from analysis.scaling.table import RunsTableError, read_runs, validate_frame
 from pretrain.config import SRDDConfig, home_dir
-from pretrain.configlib import validate_dataclass
+from pretrain.config.fields import validate_dataclass
 from pretrain.outputs import atomic_write_json, save_config
 
 log = logging.getLogger("srdd.fit")

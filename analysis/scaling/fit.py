@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.scaling.config import FitConfig
+from pretrain.config.fit import FitConfig
 from analysis.scaling.forms import FORMS, Columns, FitSettings, Form, Params, budgets, isoflop_budgets
 from analysis.scaling.table import RunsTable, validate_frame
 

@@ -1,13 +1,7 @@
-"""The next-scale transformer (VAR layout, attention window for SRDD). Public API, imported
-lazily so that loading the config schema (which imports ``pretrain.model.config``) does not
-import torch."""
-from __future__ import annotations
+"""The next-scale transformer (VAR layout, attention window for SRDD)."""
+from pretrain.model.build import build_model
+from pretrain.model.kv_cache import KVCache
+from pretrain.model.masks import attn_bias
+from pretrain.model.transformer import VAR_PATCH_NUMS, Transformer, VarStateDictError
 
-from pretrain.lazy import lazy_exports
-
-__all__, __getattr__ = lazy_exports(__name__, {
-    "pretrain.model.transformer": ["Transformer", "VarStateDictError", "VAR_PATCH_NUMS"],
-    "pretrain.model.build": ["build_model"],
-    "pretrain.model.kv_cache": ["KVCache"],
-    "pretrain.model.masks": ["attn_bias"],
-})
+__all__ = ["Transformer", "VarStateDictError", "VAR_PATCH_NUMS", "build_model", "KVCache", "attn_bias"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from pretrain.model.config import ModelConfig
+from pretrain.config.model import ModelConfig
 from pretrain.model.transformer import Transformer
 from pretrain.sizes import SIZES
 

@@ -16,7 +16,7 @@ import torch
 
 from pretrain.config import SRDDConfig
 from pretrain.model.build import build_model
-from pretrain.model.config import MASK_PRESETS, ModelConfig
+from pretrain.config.model import MASK_PRESETS, ModelConfig
 from pretrain.model.flops import forward_flops_per_sample
 from pretrain.model.transformer import VAR_PATCH_NUMS
 from pretrain.outputs import atomic_write_json

@@ -37,7 +37,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.pyramid.heads import CategoricalHead, FactorisedHead, GaussianHead, Head
 
 # ---- codes: values per token <-> targets -------------------------------------------------------

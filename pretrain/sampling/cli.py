@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pretrain.config import SRDDConfig, home_dir
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.outputs import atomic_path, atomic_write_bytes, atomic_write_json, save_config
 
 log = logging.getLogger("srdd.sample")
@@ -42,7 +42,7 @@ def sampler_for(run_cfg: SRDDConfig, run: Path, any_cell: bool = False) -> Any:
     ``pyramid.*`` ablation cell's codec, which only callers needing no VQ code indices accept
     (``any_cell``: `srdd sample`, `srdd eval`)."""
     from pretrain.pyramid.codec import load_codec
-    from pretrain.pyramid.config import VAR_CELL
+    from pretrain.config.pyramid import VAR_CELL
     from pretrain.tokenizer import default_tokenizer_path, load_tokenizer
 
     p = run_cfg.pyramid

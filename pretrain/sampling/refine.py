@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.model.flops import scale_flops
 
 

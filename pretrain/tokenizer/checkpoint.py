@@ -3,13 +3,12 @@
 The project's tokenizer file is one ``torch.save`` dict
 ``{"format": "srdd-tokenizer-v1", "config": <tokenizer section>, "state_dict": <VAR layout>}``.
 A bare VAR state dict (e.g. the released ``vae_ch160v4096z32.pth``) loads too: its
-architecture is inferred from tensor shapes (REFERENCE.md sec. 1).
+architecture is inferred from tensor shapes (docs/tokenizer.md).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,18 +17,19 @@ import torch
 from data_pipeline.tario import file_sha256
 from pretrain.config import SRDDConfig, home_dir
 from pretrain.outputs import atomic_path
-from pretrain.tokenizer.config import TokenizerConfig
+from pretrain.config.tokenizer import TokenizerConfig
+from pretrain.tokenizer.var_format import (VAR_PATCH_NUMS, TokenizerCheckpointError, check_state_dict,
+                                           infer_var_config)
 from pretrain.tokenizer.vqvae import MultiScaleVQVAE
 
+__all__ = ["FORMAT", "VAR_PATCH_NUMS", "TokenizerCheckpointError", "arch_kwargs", "build_tokenizer",
+           "check_state_dict", "default_tokenizer_path", "from_var_state_dict", "infer_var_config",
+           "load_tokenizer", "read_checkpoint", "save_tokenizer", "tokenizer_hash"]
+
 FORMAT = "srdd-tokenizer-v1"
-VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 # Constructor arguments of MultiScaleVQVAE, i.e. the architecture part of the config section.
 ARCH_KEYS = ("ch", "ch_mult", "num_res_blocks", "z_channels", "vocab_size", "patch_nums",
              "share_quant_resi", "quant_resi", "beta", "norm_groups")
-
-
-class TokenizerCheckpointError(ValueError):
-    """A tokenizer file or state dict is unreadable or does not match the architecture."""
 
 
 def arch_kwargs(cfg: TokenizerConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -95,63 +95,7 @@ def load_tokenizer(path: str | os.PathLike, patch_nums: Sequence[int] | None = N
     return vae.eval()
 
 
-# ---- VAR state dicts --------------------------------------------------------------------
-def _indices(sd: Mapping[str, Any], pattern: str) -> list[int]:
-    rx = re.compile(pattern)
-    return sorted({int(m.group(1)) for k in sd if (m := rx.match(k))})
-
-
-def infer_var_config(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """Architecture from tensor shapes: ch, ch_mult, num_res_blocks, z_channels, vocab_size, Phi sharing."""
-    need = ("encoder.conv_in.weight", "quant_conv.weight", "quantize.embedding.weight")
-    missing = [k for k in need if k not in sd]
-    if missing:
-        raise TokenizerCheckpointError(f"not a VAR VQVAE state dict: missing {missing}")
-    ch = sd["encoder.conv_in.weight"].shape[0]
-    levels = _indices(sd, r"encoder\.down\.(\d+)\.")
-    if not levels or levels != list(range(len(levels))):
-        raise TokenizerCheckpointError(f"encoder.down levels {levels} are not 0..n-1")
-    ch_mult = [sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in levels]
-    num_res_blocks = len(_indices(sd, r"encoder\.down\.0\.block\.(\d+)\."))
-    vocab_size, z_channels = sd["quantize.embedding.weight"].shape
-    shared = _indices(sd, r"quantize\.quant_resi\.qresi_ls\.(\d+)\.")
-    non_shared = _indices(sd, r"quantize\.quant_resi\.(\d+)\.")
-    if shared:
-        share, ratio = len(shared), 0.5
-    elif "quantize.quant_resi.qresi.weight" in sd:
-        share, ratio = 1, 0.5
-    elif non_shared:
-        share, ratio = 0, 0.5
-    else:  # no Phi weights: VAR's quant_resi = 0 (identity refiners)
-        share, ratio = 4, 0.0
-    return dict(ch=int(ch), ch_mult=ch_mult, num_res_blocks=num_res_blocks, z_channels=int(z_channels),
-                vocab_size=int(vocab_size), share_quant_resi=share, quant_resi=ratio, norm_groups=32,
-                **({"patch_nums": list(VAR_PATCH_NUMS[:len(non_shared)])} if share == 0 else {}))
-
-
-def check_state_dict(vae: MultiScaleVQVAE, sd: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
-    """Strict key/shape comparison; the error lists missing, unexpected and mis-shaped keys."""
-    own = vae.state_dict()
-    hits = "quantize.ema_vocab_hit_SV"  # per-schedule statistics: any K is accepted (as VAR)
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    misshaped = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in sorted(set(own) & set(sd))
-                 if tuple(sd[k].shape) != tuple(own[k].shape) and not (k == hits and sd[k].shape[1:] == own[k].shape[1:])]
-    if missing or unexpected or misshaped:
-        def show(name: str, items: list[str]) -> str:
-            more = f" ... (+{len(items) - 8} more)" if len(items) > 8 else ""
-            return f"\n  {name} ({len(items)}): {', '.join(items[:8])}{more}" if items else ""
-        raise TokenizerCheckpointError(
-            f"{source} does not match the tokenizer architecture {vae.arch}:"
-            + show("missing", missing) + show("unexpected", unexpected) + show("mis-shaped", misshaped))
-
-
 def from_var_state_dict(sd: Mapping[str, torch.Tensor], patch_nums: Sequence[int] = VAR_PATCH_NUMS,
                         source: str = "VAR state dict", **overrides: Any) -> MultiScaleVQVAE:
     """Build a model whose architecture is inferred from ``sd`` (``overrides`` win) and load it strictly."""
-    kwargs = {**infer_var_config(sd), "patch_nums": list(patch_nums), **overrides}
-    vae = MultiScaleVQVAE(**kwargs)
-    check_state_dict(vae, sd, source)
-    vae.load_state_dict(dict(sd))
-    return vae.eval()
+    return MultiScaleVQVAE.from_var_state_dict(sd, patch_nums=patch_nums, source=source, **overrides)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.config import SRDDConfig
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.dist import init_distributed
 from pretrain.engine import build_engine
 from pretrain.outputs import append_jsonl, run_dir, save_config

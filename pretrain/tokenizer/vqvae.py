@@ -10,7 +10,7 @@ from VAR's ten scales); the Phi tick rule is re-evaluated for the schedule's K.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from torch import nn
 
 from pretrain.tokenizer.backbone import Decoder, Encoder
 from pretrain.tokenizer.quantizer import ResidualQuantizer
+from pretrain.tokenizer.var_format import VAR_PATCH_NUMS, check_state_dict, infer_var_config
 
 
 class MultiScaleVQVAE(nn.Module):
@@ -43,11 +44,13 @@ class MultiScaleVQVAE(nn.Module):
         self.post_quant_conv = nn.Conv2d(z_channels, z_channels, kernel_size=3, stride=1, padding=1)
 
     @classmethod
-    def from_var_state_dict(cls, state_dict, patch_nums: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
-                            **overrides) -> "MultiScaleVQVAE":
+    def from_var_state_dict(cls, state_dict: Mapping[str, torch.Tensor], patch_nums: Sequence[int] = VAR_PATCH_NUMS,
+                            source: str = "VAR state dict", **overrides: Any) -> "MultiScaleVQVAE":
         """Load a VAR VQVAE state dict strictly, architecture inferred from shapes (kwargs override)."""
-        from pretrain.tokenizer.checkpoint import from_var_state_dict
-        return from_var_state_dict(state_dict, patch_nums=patch_nums, **overrides)
+        vae = cls(**{**infer_var_config(state_dict), "patch_nums": list(patch_nums), **overrides})
+        check_state_dict(vae, state_dict, source)
+        vae.load_state_dict(dict(state_dict))
+        return vae.eval()
 
     # ---- checks -------------------------------------------------------------------
     def _schedule(self, patch_nums: Sequence[int] | None) -> tuple[int, ...]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from pretrain.train.config import TrainConfig
+from pretrain.config.train import TrainConfig
 
 
 def tokens_per_sample(patch_nums: Sequence[int]) -> int:

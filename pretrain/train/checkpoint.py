@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from pretrain.config import SRDDConfig
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.dist import DistInfo
 from pretrain.outputs import atomic_write_json, atomic_write_text
 

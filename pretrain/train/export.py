@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain.config import SRDDConfig
-from pretrain.configlib import validate_dataclass
+from pretrain.config.fields import validate_dataclass
 from pretrain.outputs import atomic_path
 
 FORMAT = "srdd-transformer-v1"

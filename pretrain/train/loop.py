@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain.config import SRDDConfig
-from pretrain.configlib import ConfigError
+from pretrain.config.fields import ConfigError
 from pretrain.dist import DistInfo, init_distributed
 from pretrain.engine import build_engine
 from pretrain.outputs import atomic_write_json, run_dir, save_config

@@ -13,7 +13,7 @@ def tiny_tokenizer_ckpt(tmp_path_factory) -> Path:
     import torch
 
     from pretrain.tokenizer.checkpoint import build_tokenizer, save_tokenizer
-    from pretrain.tokenizer.config import TokenizerConfig
+    from pretrain.config.tokenizer import TokenizerConfig
 
     cfg = TokenizerConfig()
     torch.manual_seed(0)

@@ -1,5 +1,8 @@
 """The one config schema: omegaconf structured dataclasses, one section per component.
 
+Every section lives in this package (``pretrain/config/<section>.py``) and imports nothing but
+``fields``; every other package imports the config, never the other way round.
+
 Precedence (lowest to highest): schema defaults < ``--config file.yaml`` < dotlist
 overrides (``model.size=d2 train.lr_peak=3e-4``). Unknown keys and bad values
 raise ``ConfigError`` naming the key (and the closest valid keys for a typo).
@@ -16,16 +19,16 @@ from typing import Any, Iterable, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from analysis.metrics_config import EvalConfig
-from analysis.scaling.config import FitConfig
-from data_pipeline.config import DataConfig
-from pretrain.configlib import ConfigError, doc, validate_dataclass
-from pretrain.model.config import ModelConfig
-from pretrain.pyramid.config import PyramidConfig
-from pretrain.sampling.config import SampleConfig
-from pretrain.tokenizer.config import TokenizerConfig
-from pretrain.train.config import TrainConfig
-from slurm.config import SlurmConfig
+from pretrain.config.data import DataConfig
+from pretrain.config.eval import EvalConfig
+from pretrain.config.fields import ConfigError, doc, validate_dataclass
+from pretrain.config.fit import FitConfig
+from pretrain.config.model import ModelConfig
+from pretrain.config.pyramid import PyramidConfig
+from pretrain.config.sample import SampleConfig
+from pretrain.config.slurm import SlurmConfig
+from pretrain.config.tokenizer import TokenizerConfig
+from pretrain.config.train import TrainConfig
 
 __all__ = ["SRDDConfig", "ConfigError", "load_config", "to_yaml", "valid_keys", "home_dir"]
 
@@ -123,7 +126,3 @@ def load_config(config_file: str | os.PathLike | None = None, overrides: Sequenc
 def to_yaml(cfg: SRDDConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
-
-def from_yaml_file(path: str | os.PathLike) -> SRDDConfig:
-    """Load a saved ``config.yaml`` (e.g. a run's) as a validated config."""
-    return load_config(path)

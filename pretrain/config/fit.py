@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pretrain.configlib import bounded, choice, doc
+from pretrain.config.fields import bounded, choice, doc
 
 FORMS = ("power", "power+const", "chinchilla", "isoflop")
 

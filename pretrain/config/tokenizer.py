@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pretrain.configlib import ConfigError, bounded, choice, doc, listing
+from pretrain.config.fields import ConfigError, bounded, choice, doc, listing
 
 
 @dataclass

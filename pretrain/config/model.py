@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from pretrain.configlib import ConfigError, bounded, choice, doc
+from pretrain.config.fields import ConfigError, bounded, choice, doc
 from pretrain.sizes import SIZES
 
 # Named mask presets (REFERENCE.md sec. 2): var = block-causal (full prefix),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pretrain.configlib import ConfigError, bounded, choice, doc
+from pretrain.config.fields import ConfigError, bounded, choice, doc
 
 _SOURCE_RE = re.compile(r"^(mnist|folder:.+|tars:.+)$")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pretrain.configlib import ConfigError, bounded, choice
+from pretrain.config.fields import ConfigError, bounded, choice
 
 VAR_CELL = ("latent", "discrete", "residual")  # the only cell pyramid shards (srdd pyramids) hold
 

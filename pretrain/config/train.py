@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from pretrain.configlib import ConfigError, bounded, choice, doc, listing
+from pretrain.config.fields import ConfigError, bounded, choice, doc, listing
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Generate the README's config reference from the schema (so the docs cannot drift).
 
-``python -m pretrain.config_reference --write README.md`` rewrites the block
+``python -m pretrain.config.reference --write README.md`` rewrites the block
 between the ``config-reference`` markers; a test checks it is up to date.
 """
 from __future__ import annotations
