@@ -87,7 +87,7 @@ def sample_images(model: Any, codec: Any, labels_N: Any, cfg: SRDDConfig) -> tup
     """(images for ``labels_N`` with the ``sample.*`` settings, their sampling FLOPs)."""
     import torch
 
-    from pretrain.sampling import sample_in_batches
+    from pretrain.sampling.batches import sample_in_batches
 
     stats: dict[str, Any] = {}
     images = [img for img, _ in sample_in_batches(model, codec, labels_N, cfg.sample, stats=stats)]
@@ -117,7 +117,8 @@ def evaluate_cell(cfg: SRDDConfig, cell: str, n_per_class: int, fd_samples: int)
     """The cell's table row; writes ``<cell>.png``. ``cfg`` supplies sample.* and eval.*."""
     import torch
 
-    from pretrain.sampling.cli import class_labels, grid, to_uint8, write_png
+    from pretrain.sampling.batches import class_labels
+    from pretrain.sampling.save import grid, to_uint8, write_png
     from pretrain.train.runs_table import run_row
 
     cell_cfg = cell_config(cfg, cell)

@@ -66,7 +66,7 @@ def update_runs_csv(path: Path, run: str, values: dict[str, Any]) -> bool:
 
 
 def _sampled_images(model: Any, vae: Any, labels_N: torch.Tensor, cfg: SRDDConfig) -> Iterator[torch.Tensor]:
-    from pretrain.sampling import sample_in_batches
+    from pretrain.sampling.batches import sample_in_batches
 
     return (img for img, _ in sample_in_batches(model, vae, labels_N, cfg.sample))
 
@@ -110,11 +110,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
-    from pretrain.sampling.cli import class_labels, resolve_run
+    from pretrain.sampling.load import resolve_run
 
     run = resolve_run(args.run)  # first: a missing run fails before anything heavy is imported or loaded
     from analysis.metrics.networks import load_feature_net
-    from pretrain.sampling.cli import sampler_for
+    from pretrain.sampling.batches import class_labels
+    from pretrain.sampling.load import sampler_for
     from pretrain.tokenizer import default_tokenizer_path, tokenizer_hash
     from pretrain.train.export import load_model
 

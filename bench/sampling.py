@@ -71,7 +71,7 @@ def build_variants(size: str, variants: Sequence[str], device: torch.device) -> 
     from pretrain.config import load_config
     from pretrain.distill import schedule_model
     from pretrain.model import build_model
-    from pretrain.sampling.refine import build_refiner
+    from pretrain.sampling.batches import build_refiner
     from pretrain.tokenizer import build_tokenizer
 
     tok = {**tokenizer_overrides(size), "patch_nums": list(VAR_PATCH_NUMS)}

@@ -160,7 +160,7 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     from pretrain.engine import build_engine
     from pretrain.tokenizer import default_tokenizer_path, tokenizer_hash
     from pretrain.train.export import save_model
-    from pretrain.sampling.cli import load_for_sampling
+    from pretrain.sampling.load import load_for_sampling
 
     info = init_distributed()
     teacher, vae, teacher_run, teacher_cfg = load_for_sampling(args.teacher)

@@ -35,6 +35,7 @@ from torch import nn
 from pretrain.config import SRDDConfig
 from pretrain.config.fields import ConfigError
 from pretrain.outputs import append_jsonl, atomic_path, atomic_write_json, save_config
+from pretrain.pyramid.heads import CategoricalHead
 from pretrain.sampling.refine import Refiner, RefineCost, select_below, token_prob
 
 log = logging.getLogger("srdd.policy")
@@ -119,8 +120,9 @@ class TeacherForcedStep:
 def teacher_forced_steps(model: Any, vae: Any, label_B: torch.Tensor, idx_list: Sequence[torch.Tensor],
                          sample_cfg: Any, generator: torch.Generator) -> Iterator[tuple[TeacherForcedStep, torch.Tensor]]:
     """(step with a fresh draw, ground-truth tokens) for every scale of a held-out batch."""
-    from pretrain.sampling.sampler import draw_tokens, guidance_weights, truncated_probs
+    from pretrain.sampling.sampler import guidance_weights
 
+    head = CategoricalHead(model.V)  # the policy re-draws VQ codes: VAR's head, as the sampler uses it
     pns = tuple(model.patch_nums)
     x_BLCv = vae.pyramid_to_var_input(idx_list, pns)
     ts = guidance_weights(sample_cfg.cfg, len(pns), sample_cfg.cfg_schedule)
@@ -128,10 +130,10 @@ def teacher_forced_steps(model: Any, vae: Any, label_B: torch.Tensor, idx_list: 
     guided = any(t != 0 for t in ts)
     uncond_BLV = model(torch.full_like(label_B, model.num_classes), x_BLCv) if guided else cond_BLV
     guided_batch = (2 if guided else 1) * len(label_B)
-    probs = lambda lg: truncated_probs(lg, sample_cfg.top_k, sample_cfg.top_p, sample_cfg.temperature)  # noqa: E731
-    draw = lambda lg: draw_tokens(probs(lg), generator)  # noqa: E731
+    probs = lambda lg: head.probs(lg, sample_cfg.top_k, sample_cfg.top_p, sample_cfg.temperature)  # noqa: E731
+    draw = lambda lg: head.draw(lg, generator, sample_cfg.top_k, sample_cfg.top_p, sample_cfg.temperature)  # noqa: E731
     for k, (pn, t, (b, e)) in enumerate(zip(pns, ts, model.begin_ends)):
-        logits = (1 + t) * cond_BLV[:, b:e] - t * uncond_BLV[:, b:e]  # VAR's guidance at scale k
+        logits = head.guide(cond_BLV[:, b:e], uncond_BLV[:, b:e], t)  # VAR's guidance at scale k
         step = TeacherForcedStep(k, pn, pns, label_B, logits, draw(logits), guided_batch, probs, draw)
         yield step, idx_list[k]
 
@@ -252,7 +254,7 @@ def run_policy_study(model: Any, vae: Any, batches: Sequence[tuple[torch.Tensor,
 
 
 def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
-    from pretrain.sampling.cli import load_for_sampling
+    from pretrain.sampling.load import load_for_sampling
 
     model, vae, run, _ = load_for_sampling(args.ckpt)
     out = Path(args.out) if args.out else run / "policy"

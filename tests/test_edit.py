@@ -7,7 +7,7 @@ import torch
 from pretrain.config import load_config
 from pretrain.model import build_model
 from pretrain.sampling.edit import box_mask, edit, mask_to_grid
-from pretrain.sampling.refine import build_refiner
+from pretrain.sampling.batches import build_refiner
 from pretrain.tokenizer import load_tokenizer
 
 

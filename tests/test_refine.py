@@ -10,7 +10,8 @@ import torch
 from pretrain.config import load_config
 from pretrain.policy import TeacherForcedStep
 from pretrain.model.flops import scale_flops
-from pretrain.sampling.refine import RefineCost, build_refiner, compose
+from pretrain.sampling.batches import build_refiner
+from pretrain.sampling.refine import RefineCost, compose
 
 
 @pytest.fixture(scope="module")

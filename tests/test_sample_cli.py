@@ -14,7 +14,7 @@ from PIL import Image
 from pretrain.cli import main as srdd
 from pretrain.config import load_config
 from pretrain.model import build_model
-from pretrain.sampling.cli import to_uint8
+from pretrain.sampling.save import to_uint8
 from pretrain.tokenizer import load_tokenizer, tokenizer_hash
 from pretrain.train.export import save_model
 

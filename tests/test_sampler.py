@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pretrain.sampling import ScaleStep, guidance_weights, sample
-from pretrain.sampling.sampler import truncated_probs
+from pretrain.pyramid.heads import truncated_probs
 from tests.fixtures.var_model_reference.reference import load_model_reference, reference_model, reference_vae
 
 
@@ -141,7 +141,7 @@ def test_schedule_is_a_subsequence_of_the_models_scales(ref, vae):
 def test_sample_in_batches_is_per_chunk_sample_with_every_setting(ref, vae):
     """The loop behind `srdd sample` / `eval` / `ablate`: chunk i = sample(seed + i) with the config's
     schedule and refinement; stats sum over chunks, peaks take the max."""
-    from pretrain.sampling import sample_in_batches
+    from pretrain.sampling.batches import sample_in_batches
     from pretrain.config.sample import SampleConfig
     from pretrain.sampling.refine import RefineCost
 

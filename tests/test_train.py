@@ -17,7 +17,8 @@ from pretrain.config.fields import ConfigError
 from pretrain.outputs import read_jsonl
 from pretrain.train.budget import tokens_per_sample, total_steps
 from pretrain.train.checkpoint import MARKER, CheckpointManager, check_compatible, frozen_keys
-from pretrain.train.step import ScaleStats, token_losses
+from pretrain.pyramid.heads import token_losses
+from pretrain.train.step import ScaleStats
 
 CONTRACT_TRAIN = {"kind", "step", "tokens", "samples", "flops", "lr", "grad_norm", "loss", "acc", "loss_per_scale",
                   "acc_per_scale", "tokens_per_s", "time_s"}

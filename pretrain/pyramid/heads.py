@@ -1,11 +1,14 @@
-"""What the transformer's output head means for each kind of code: loss, guidance, draw.
+"""What the transformer's output head means for each kind of code: its distribution (loss,
+guidance, probabilities, draw), the one place training and sampling both read it from.
 
 The transformer is unchanged across cells: its ``head`` is a Linear(width, ``out_dim``) (built
 by passing ``out_dim`` as ``build_model``'s ``vocab_size``), and a head object here reads its
 output ``out_BLD``:
 
-- ``CategoricalHead(V)``: VAR. One code in [0, V) per token; CE with label smoothing, CFG on
-  logits, temperature / top-k / top-p then one multinomial draw (the sampler's own functions).
+- ``CategoricalHead(V)``: VAR. One code in [0, V) per token; CE with label smoothing
+  (``token_losses``, what ``srdd train`` optimises), CFG on logits, temperature / top-k / top-p
+  (``truncated_probs``) then one multinomial draw (``draw_tokens``), as VAR's
+  ``sample_with_top_k_top_p_``. A VQ-VAE has no ``head``; the sampler reads it as this one.
 - ``FactorisedHead(D, levels)``: D independent uniform-quantiser levels per token (pixel space,
   discrete: a token is a p x p x 3 patch, D = 3 p^2 values); ``out_dim = D * levels`` logits.
   Loss = CE per value averaged over the D values (nats per value); ``acc`` = fraction of values
@@ -17,8 +20,10 @@ output ``out_BLD``:
   the draw is mu + temperature * sigma * eps (top-k / top-p do not apply). ``acc`` is NaN: a
   regression has no argmax.
 
-Every ``loss`` returns (objective, nll_BL, correct_BL) like the train area's ``token_losses``:
-the differentiable objective, then per-token loss and hits (detached) for ScaleStats.
+Every ``loss`` returns (objective, nll_BL, correct_BL) like ``token_losses``: the differentiable
+objective, then per-token loss and hits (detached) for the train area's ScaleStats. Loss (VAR,
+arXiv 2404.02905): every token weighted equally, label smoothing in the optimised objective only;
+the logged ``loss`` is the plain cross-entropy (docs/training.md).
 """
 from __future__ import annotations
 
@@ -28,11 +33,42 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from pretrain.sampling.sampler import draw_tokens, truncated_probs
-from pretrain.train.step import token_losses
-
 LOGVAR_MIN, LOGVAR_MAX = -9.0, 4.0
 Losses = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def token_losses(logits_BLV: torch.Tensor, target_BL: torch.Tensor, label_smoothing: float) -> Losses:
+    """(objective, nll_BL, correct_BL): smoothed CE mean (differentiable), then per-token plain
+    CE and argmax hits (detached). One log_softmax serves both, in fp32 even under bf16."""
+    logp_BLV = F.log_softmax(logits_BLV.float(), dim=-1)
+    nll_BL = -logp_BLV.gather(-1, target_BL.unsqueeze(-1)).squeeze(-1)
+    uniform_BL = -logp_BLV.mean(-1)  # CE against the uniform distribution (the smoothing term)
+    objective = ((1.0 - label_smoothing) * nll_BL + label_smoothing * uniform_BL).mean()
+    correct_BL = logits_BLV.detach().argmax(-1).eq(target_BL)
+    return objective, nll_BL.detach(), correct_BL
+
+
+def truncated_probs(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """Softmax after temperature, top-k (keep the k largest) and top-p (keep the smallest set of
+    most likely tokens whose mass reaches top_p; the most likely token always stays)."""
+    logits_BlV = logits_BlV.float() / temperature if temperature != 1.0 else logits_BlV.float()
+    V = logits_BlV.shape[-1]
+    if 0 < top_k < V:
+        kth_Bl1 = logits_BlV.topk(top_k, dim=-1).values[..., -1:]
+        logits_BlV = logits_BlV.masked_fill(logits_BlV < kth_Bl1, -torch.inf)
+    if top_p > 0:
+        sorted_BlV, order_BlV = logits_BlV.sort(dim=-1)                   # ascending
+        drop_BlV = sorted_BlV.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p  # the unlikely tail
+        drop_BlV[..., -1] = False
+        logits_BlV = logits_BlV.masked_fill(drop_BlV.scatter(-1, order_BlV, drop_BlV), -torch.inf)
+    return logits_BlV.softmax(dim=-1)
+
+
+def draw_tokens(probs_BlV: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """One multinomial draw per token, (B, l)."""
+    B, l, V = probs_BlV.shape
+    return torch.multinomial(probs_BlV.view(-1, V), 1, replacement=True, generator=generator).view(B, l)
 
 
 def guide_linear(cond: torch.Tensor, uncond: torch.Tensor, t: float) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Sampling: the KV-cached sampler core (``sample``, ``ScaleStep``), refinement and editing."""
-from pretrain.sampling.sampler import ScaleStep, guidance_weights, sample, sample_in_batches
+"""Sampling: the KV-cached sampler core (``sample``, ``ScaleStep``); refinement, the batched
+``sample.*`` loop, run loading, output files and editing are the package's other modules."""
+from pretrain.sampling.sampler import ScaleStep, guidance_weights, sample
 
-__all__ = ["sample", "sample_in_batches", "ScaleStep", "guidance_weights"]
+__all__ = ["sample", "ScaleStep", "guidance_weights"]

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.config import SRDDConfig
+from pretrain.config.fields import ConfigError
 
 log = logging.getLogger("srdd.edit")
 TASKS = ("inpaint", "outpaint", "superres")
@@ -81,8 +82,8 @@ def known_tokens(vae: Any, img_B3HW: torch.Tensor, task: str, patch_nums: Sequen
 def edit(model: Any, vae: Any, img_B3HW: torch.Tensor, label_B: torch.Tensor, task: str,
          sample_cfg: Any, refine: Any = None) -> tuple[torch.Tensor, list[torch.Tensor], KnownTokens]:
     """Run one zero-shot edit; returns (edited images, their token pyramid, the clamped tokens)."""
-    from pretrain.sampling import sample
     from pretrain.sampling.refine import compose
+    from pretrain.sampling.sampler import sample
 
     patch_nums = tuple(sample_cfg.schedule) or tuple(model.patch_nums)
     known = known_tokens(vae, img_B3HW, task, patch_nums, sample_cfg.edit_box, sample_cfg.superres_factor)
@@ -93,6 +94,20 @@ def edit(model: Any, vae: Any, img_B3HW: torch.Tensor, label_B: torch.Tensor, ta
     return img, pyramid, known
 
 
+def source_images(cfg: SRDDConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n validation images (and labels) of the run's image shards: what gets edited."""
+    from data_pipeline.image_loader import image_loader
+
+    imgs, labels = [], []
+    for img, label in image_loader(cfg, split="val", batch_size=n, infinite=False):
+        imgs.append(img), labels.append(label)
+        if sum(len(x) for x in labels) >= n:
+            break
+    if not imgs:
+        raise ConfigError("no validation images in the image shards (data.shards_dir); run `srdd shards` first")
+    return torch.cat(imgs)[:n], torch.cat(labels)[:n]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=TASKS, required=True)
     parser.add_argument("--ckpt", required=True, metavar="RUN", help="run directory (or run name under SRDD_HOME) holding model.pt")
@@ -101,12 +116,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
-    from pretrain.sampling.cli import load_for_sampling, source_images, write_outputs
-    from pretrain.sampling.refine import RefineCost, build_refiner
+    from pretrain.sampling.batches import build_refiner
+    from pretrain.sampling.load import load_for_sampling
+    from pretrain.sampling.refine import RefineCost
+    from pretrain.sampling.save import write_outputs
 
     model, vae, run, _ = load_for_sampling(args.ckpt)
     n = args.n or cfg.sample.n
-    img, label = source_images(cfg, vae, n)
+    img, label = source_images(cfg, n)
     cost = RefineCost()
     refine = build_refiner(cfg.sample, model, cost)
     out_dir = args.out or (run / "edits" / args.task)

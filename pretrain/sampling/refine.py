@@ -19,10 +19,11 @@ its forward FLOPs (pretrain.model.flops.scale_flops). Note: with a deterministic
 re-run pass reproduces the first pass's logits, so the distributional effect of MR/policy
 comes from *which* tokens are re-drawn; the pass is still run and counted, as specified.
 
-The hook contract (``refine(step) -> idx_Bl``, ``step`` a sampler ``ScaleStep``) is in
-/tmp/srdd_team contracts / docs/sampling.md: ``step.forward()`` re-runs the scale pass,
-``step.draw(logits)`` draws with the sampler's own truncation and generator,
-``step.probs(logits)`` is the distribution ``draw`` samples from.
+The hook contract (``refine(step) -> idx_Bl``, ``step`` a sampler ``ScaleStep``; docs/model.md,
+"Sampler core"): ``step.forward()`` re-runs the scale pass, ``step.draw(logits)`` draws with the
+sampler's own truncation and generator, ``step.probs(logits)`` is the distribution ``draw``
+samples from. ``build_refiner`` (pretrain/sampling/batches.py) makes the hook ``sample.refine``
+asks for; this module knows no config.
 """
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from pretrain.config.fields import ConfigError
 from pretrain.model.flops import scale_flops
 
 
@@ -111,23 +111,6 @@ def select_below(p_resample: float) -> Selector:
     def select(step: Any, logits_BlV: torch.Tensor, idx_Bl: torch.Tensor) -> torch.Tensor:
         return token_prob(step.probs(logits_BlV), idx_Bl) < p_resample
     return select
-
-
-def build_refiner(sample_cfg: Any, model: Any = None, cost: Optional[RefineCost] = None) -> Optional[Refiner]:
-    """The hook ``sample.refine`` asks for (None for ``refine=none`` or zero rounds)."""
-    if sample_cfg.refine == "none" or sample_cfg.refine_rounds == 0:
-        return None
-    if sample_cfg.refine == "sr":
-        select: Selector = select_all
-    elif sample_cfg.refine == "mr":
-        select = select_below(sample_cfg.p_resample)
-    else:
-        if not sample_cfg.policy_ckpt:
-            raise ConfigError("sample.refine=policy needs sample.policy_ckpt (a `srdd policy-train` output)")
-        from pretrain.policy import load_policy
-
-        select = load_policy(sample_cfg.policy_ckpt).selector()
-    return Refiner(select, sample_cfg.refine_rounds, sample_cfg.refine_scales or None, model, cost)
 
 
 def compose(*hooks: Optional[Callable[[Any], torch.Tensor]]) -> Optional[Callable[[Any], torch.Tensor]]:

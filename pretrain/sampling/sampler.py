@@ -10,9 +10,10 @@ commit the scale's keys/values, and add the tokens to f_hat through the tokenize
 
 Guidance (VAR, models/var.py): logits = (1 + t_k) * cond - t_k * uncond with
 t_k = cfg * k / (K - 1) ("linear", VAR's ramp), t_k = cfg ("constant") or none ("off").
-The unconditional half (null class) is only run when some t_k != 0. Draws use
-temperature, then top-k, then top-p (nucleus), then one multinomial draw per token from a
-``torch.Generator`` seeded per call, as VAR's ``sample_with_top_k_top_p_``.
+The unconditional half (null class) is only run when some t_k != 0. Guidance and the draw
+are the head's (pretrain/pyramid/heads.py); for VQ codes: temperature, then top-k, then top-p
+(nucleus), then one multinomial draw per token from a ``torch.Generator`` seeded per call, as
+VAR's ``sample_with_top_k_top_p_``.
 
 The ``refine`` hook (``refine(step: ScaleStep) -> idx_Bl``) runs once per scale after the
 draw, before the tokens enter f_hat; the sampler uses the tokens it returns. ``step.forward()``
@@ -29,11 +30,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from pretrain.model.flops import scale_flops
+from pretrain.pyramid.heads import CategoricalHead
 
 CFG_SCHEDULES = ("linear", "constant", "off")
 
@@ -66,28 +68,6 @@ def guidance_weights(cfg: float, K: int, cfg_schedule: str = "linear") -> list[f
     if cfg_schedule == "constant" or K == 1:
         return [float(cfg)] * K
     return [cfg * k / (K - 1) for k in range(K)]
-
-
-def truncated_probs(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
-                    temperature: float = 1.0) -> torch.Tensor:
-    """Softmax after temperature, top-k (keep the k largest) and top-p (keep the smallest set of
-    most likely tokens whose mass reaches top_p; the most likely token always stays)."""
-    logits_BlV = logits_BlV.float() / temperature if temperature != 1.0 else logits_BlV.float()
-    V = logits_BlV.shape[-1]
-    if 0 < top_k < V:
-        kth_Bl1 = logits_BlV.topk(top_k, dim=-1).values[..., -1:]
-        logits_BlV = logits_BlV.masked_fill(logits_BlV < kth_Bl1, -torch.inf)
-    if top_p > 0:
-        sorted_BlV, order_BlV = logits_BlV.sort(dim=-1)                   # ascending
-        drop_BlV = sorted_BlV.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p  # the unlikely tail
-        drop_BlV[..., -1] = False
-        logits_BlV = logits_BlV.masked_fill(drop_BlV.scatter(-1, order_BlV, drop_BlV), -torch.inf)
-    return logits_BlV.softmax(dim=-1)
-
-
-def draw_tokens(probs_BlV: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    B, l, V = probs_BlV.shape
-    return torch.multinomial(probs_BlV.view(-1, V), 1, replacement=True, generator=generator).view(B, l)
 
 
 def resolve_schedule(model: Any, schedule: Optional[Sequence[int]]) -> tuple[tuple[int, ...], list[int]]:
@@ -125,17 +105,13 @@ def sample(model: Any, vae: Any, label_B: torch.Tensor, cfg: float = 1.5, top_k:
     labels = torch.cat((label_B, torch.full_like(label_B, model.num_classes))) if guided else label_B
     cond_BD = model.class_emb(labels)
     generator = None if seed is None else torch.Generator(device).manual_seed(seed)
-    head = getattr(vae, "head", None)  # a pyramid codec (pretrain/pyramid/codec.py) brings its own head
-    if head is None:  # a VQ-VAE: VAR's categorical head
-        probs = lambda logits_BlV: truncated_probs(logits_BlV, top_k, top_p, temperature)  # noqa: E731
-        draw = lambda logits_BlV: draw_tokens(probs(logits_BlV), generator)  # noqa: E731
-        guide = lambda cond, uncond, t: (1 + t) * cond - t * uncond  # noqa: E731
-    else:
-        if refine is not None and not head.supports_refine:
-            raise ValueError(f"refine: a {type(head).__name__} draws no single categorical per token to re-draw")
-        probs = lambda out_BlX: head.probs(out_BlX, top_k, top_p, temperature)  # noqa: E731
-        draw = lambda out_BlX: head.draw(out_BlX, generator, top_k, top_p, temperature)  # noqa: E731
-        guide = head.guide
+    # a pyramid codec (pretrain/pyramid/codec.py) brings its own head; a VQ-VAE is VAR's categorical one
+    head = getattr(vae, "head", None) or CategoricalHead(model.V)
+    if refine is not None and not head.supports_refine:
+        raise ValueError(f"refine: a {type(head).__name__} draws no single categorical per token to re-draw")
+    probs = lambda out_BlX: head.probs(out_BlX, top_k, top_p, temperature)  # noqa: E731
+    draw = lambda out_BlX: head.draw(out_BlX, generator, top_k, top_p, temperature)  # noqa: E731
+    guide = head.guide
     cache = model.new_cache()
     counts = {"passes": 0, "rows": 0, "flops": 0}
 
@@ -170,26 +146,3 @@ def sample(model: Any, vae: Any, label_B: torch.Tensor, cfg: float = 1.5, top_k:
         stats.update(counts, kv_cache_bytes_peak=cache.bytes_peak, loop_s=t_loop - t_start,
                      decode_s=time.perf_counter() - t_loop)
     return (img_B3HW, idx_list) if return_pyramid else img_B3HW
-
-
-def sample_in_batches(model: Any, vae: Any, label_N: torch.Tensor, sample_cfg: Any, cost: Any = None,
-                      stats: Optional[dict[str, Any]] = None) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
-    """``sample`` over ``label_N`` in ``sample_cfg.batch_size`` chunks with every ``sample.*``
-    setting (schedule, refinement, guidance, truncation), yielding each chunk's (images, pyramid).
-
-    The chunk that starts at label i is seeded ``seed + i``. ``cost`` (a ``RefineCost``) counts
-    the refiner's work; ``stats`` accumulates the chunks' ``sample`` stats: sums, and the max
-    for peaks. This is the one loop behind ``srdd sample``, ``srdd eval`` and ``srdd ablate``.
-    """
-    from pretrain.sampling.refine import build_refiner
-
-    s = sample_cfg
-    refine = build_refiner(s, model, cost)
-    for i in range(0, len(label_N), s.batch_size):
-        chunk: dict[str, Any] = {}
-        yield sample(model, vae, label_N[i:i + s.batch_size], cfg=s.cfg, top_k=s.top_k, top_p=s.top_p,
-                     seed=s.seed + i, schedule=list(s.schedule) or None, refine=refine, temperature=s.temperature,
-                     cfg_schedule=s.cfg_schedule, return_pyramid=True, stats=chunk)
-        if stats is not None:
-            for key, value in chunk.items():
-                stats[key] = max(stats.get(key, value), value) if key.endswith("_peak") else stats.get(key, 0) + value

@@ -1,9 +1,9 @@
 """One optimizer step (with gradient accumulation and the NaN guard) and the validation pass.
 
-Loss (VAR, arXiv 2404.02905): cross-entropy over all L = sum(pn^2) tokens, each token weighted
-equally, label smoothing 0.1 in the optimised objective. What is *logged* as ``loss`` is the
-plain cross-entropy (no smoothing), the quantity the validation pass and the scaling fits use;
-the smoothed objective is only optimised.
+The loss is the head's (pretrain/pyramid/heads.py; VAR's token cross-entropy by default): over all
+L = sum(pn^2) tokens, each token weighted equally, label smoothing 0.1 in the optimised objective.
+What is *logged* as ``loss`` is the plain per-token loss (no smoothing), the quantity the validation
+pass and the scaling fits use; the smoothed objective is only optimised.
 """
 from __future__ import annotations
 
@@ -12,30 +12,19 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from pretrain.model.masks import scale_bounds
+from pretrain.pyramid.heads import token_losses
 from pretrain.train.signals import StopRequest
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # label_B, x_BLCv_wo_first_l, target_BL
-# (output, target, label_smoothing) -> (objective, nll_BL, correct_BL); a pyramid codec's head.loss (pretrain/pyramid)
+# (output, target, label_smoothing) -> (objective, nll_BL, correct_BL): a head's ``loss`` (pretrain/pyramid/heads.py);
+# the default is the categorical head's (VAR's token cross-entropy)
 LossFn = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive NaN/inf losses: the run stops instead of training on garbage."""
-
-
-def token_losses(logits_BLV: torch.Tensor, target_BL: torch.Tensor, label_smoothing: float
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(objective, nll_BL, correct_BL): smoothed CE mean (differentiable), then per-token plain
-    CE and argmax hits (detached). One log_softmax serves both, in fp32 even under bf16."""
-    logp_BLV = F.log_softmax(logits_BLV.float(), dim=-1)
-    nll_BL = -logp_BLV.gather(-1, target_BL.unsqueeze(-1)).squeeze(-1)
-    uniform_BL = -logp_BLV.mean(-1)  # CE against the uniform distribution (the smoothing term)
-    objective = ((1.0 - label_smoothing) * nll_BL + label_smoothing * uniform_BL).mean()
-    correct_BL = logits_BLV.detach().argmax(-1).eq(target_BL)
-    return objective, nll_BL.detach(), correct_BL
 
 
 class ScaleStats:
