@@ -33,15 +33,20 @@ SPLITS = ("train", "val")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", default=None, help="mnist | folder:PATH | tars:PATTERN (sets data.source)")
+    parser.add_argument("--source", default=None, help="mnist | folder:PATH | tars:PATTERN | tar:PATH | cifar10:DIR | fashion-mnist[:DIR] (sets data.source)")
     parser.add_argument("--out", default=None, help="output directory (sets data.shards_dir)")
 
 
-def split_order(n: int, val_fraction: float, seed: int, limit: int = 0) -> dict[str, np.ndarray]:
-    """Input indices of each split, in shard order (the first ``limit`` of the permutation if > 0)."""
+def split_order(n: int, val_fraction: float, seed: int, limit: int = 0,
+                fixed: list[str | None] | None = None) -> dict[str, np.ndarray]:
+    """Input indices of each split, in shard order (the first ``limit`` of the permutation if > 0).
+    ``fixed``: each input's own split (a dataset's official train/test split), kept instead of
+    ``val_fraction``."""
     perm = np.random.default_rng(seed).permutation(n)
     if limit:
         perm = perm[:limit]
+    if fixed is not None:
+        return {split: np.array([i for i in perm if fixed[i] == split], dtype=np.int64) for split in SPLITS}
     n_val = int(round(len(perm) * val_fraction))
     return {"train": perm[n_val:], "val": perm[:n_val]}
 
@@ -139,11 +144,13 @@ def write_shards(cfg: SRDDConfig, out: Path) -> dict:
     tally.skipped += listing.skipped
     clear_previous(out)
     splits = {}
-    for split, order in split_order(len(listing.items), d.val_fraction, d.seed, d.limit).items():
+    fixed = [it.split for it in listing.items] if listing.items and all(it.split for it in listing.items) else None
+    for split, order in split_order(len(listing.items), d.val_fraction, d.seed, d.limit, fixed).items():
         shards = write_split(out, split, split_samples(listing, order, d.image_format, tally), d.shard_size)
         splits[split] = {"count": sum(s["count"] for s in shards), "shards": shards}
     manifest = {
         "format": FORMAT, "source": d.source, "seed": d.seed, "val_fraction": d.val_fraction,
+        **({"split_from": "source"} if fixed else {}),  # official train/test split; val_fraction unused
         "shard_size": d.shard_size, "limit": d.limit, "image_format": d.image_format,
         "classes": listing.classes, "num_classes": len(listing.classes),
         "inputs": len(listing.items) + len(listing.skipped), "splits": splits,

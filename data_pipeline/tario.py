@@ -46,22 +46,52 @@ def write_tar(path: str | os.PathLike, samples: Iterable[tuple[str, Sample]]) ->
     return n
 
 
+def tar_members(path: str | os.PathLike, read: bool = True,
+                with_dirs: bool = False) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
+    """(member, payload) of every regular file (and directory, payload None, if ``with_dirs``) of a tar,
+    plain or compressed (gzip/bz2/xz), streamed in archive order without unpacking; ``read=False``
+    skips the payloads (None) of a plain tar, whose members a reader can then fetch by ``info.offset_data``. tarfile's stream mode takes a member cut
+    short, or a header cut short, for the end of the archive; here both raise ``tarfile.ReadError``:
+    a plain tar must end with its two zero blocks (a compressed one fails in its decompressor)."""
+    with open(path, "rb") as f:
+        compressed = f.read(6)[:3] in (b"\x1f\x8b\x08", b"BZh", b"\xfd7zX")
+        f.seek(0)
+        with tarfile.open(fileobj=f, mode="r|*") as stream:
+            for info in stream:
+                if with_dirs and info.isdir():
+                    yield info, None
+                    continue
+                if not info.isreg():
+                    continue
+                if not (read or compressed):
+                    yield info, None
+                    continue
+                data = stream.extractfile(info).read()
+                if len(data) != info.size:
+                    raise tarfile.ReadError(f"{info.name}: {len(data)} of {info.size} bytes (unexpected end of data)")
+                yield info, data
+            if compressed:
+                return
+            end = stream.offset
+            f.seek(end)
+            if f.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
+                raise tarfile.ReadError(f"no end-of-archive marker at byte {end} (truncated header)")
+
+
+def read_member(path: str | os.PathLike, offset: int, size: int) -> bytes:
+    """One member's payload of a plain tar, by the offset ``tar_members`` reported."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size:
+        raise tarfile.ReadError(f"{path}: {len(data)} of {size} bytes at offset {offset} (truncated)")
+    return data
+
+
 def _members(path: str | os.PathLike) -> Iterator[dict]:
-    """Regular files of a tar stream as webdataset file samples. tarfile's stream mode takes a
-    member cut short, or a header cut short, for the end of the archive; here both are errors:
-    the archive must end with its two zero blocks."""
-    with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as stream:
-        for info in stream:
-            if not info.isreg():
-                continue
-            data = stream.extractfile(info).read()
-            if len(data) != info.size:
-                raise tarfile.ReadError(f"{info.name}: {len(data)} of {info.size} bytes (unexpected end of data)")
-            yield {"fname": info.name, "data": data, "__url__": str(path)}
-        end = stream.offset
-        f.seek(end)
-        if f.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
-            raise tarfile.ReadError(f"no end-of-archive marker at byte {end} (truncated header)")
+    """Regular files of a tar stream as webdataset file samples."""
+    for info, data in tar_members(path):
+        yield {"fname": info.name, "data": data, "__url__": str(path)}
 
 
 def read_tar(path: str | os.PathLike, skipped: list[dict]) -> Iterator[tuple[str, Sample]]:

