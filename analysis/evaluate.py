@@ -36,12 +36,14 @@ SAMPLER_KEYS = ("cfg", "cfg_schedule", "top_k", "top_p", "temperature", "seed", 
                 "refine_rounds", "p_resample", "refine_scales")
 
 
-def quality_metrics(net: Any, ref: Any, feats_ND: np.ndarray, probs_NC: np.ndarray, eval_cfg: Any) -> dict[str, float]:
-    """FD, IS, precision/recall and (optionally) KID of generated features vs the reference, named by network."""
+def quality_metrics(net: Any, ref: Any, feats_ND: np.ndarray, probs_NC: np.ndarray | None, eval_cfg: Any) -> dict[str, float]:
+    """FD, IS (when the network has a classifier head), precision/recall and (optionally) KID of
+    generated features vs the reference, named by network."""
     from analysis.metrics import frechet_distance_from_stats, gaussian_stats, inception_score, kernel_distance, precision_recall
 
     out: dict[str, float] = {net.metric("FD"): frechet_distance_from_stats(gaussian_stats(feats_ND, "generated"), ref.stats)}
-    out[net.metric("IS")], out[net.metric("IS") + "_std"] = inception_score(probs_NC, splits=min(eval_cfg.is_splits, len(probs_NC)))
+    if probs_NC is not None:
+        out[net.metric("IS")], out[net.metric("IS") + "_std"] = inception_score(probs_NC, splits=min(eval_cfg.is_splits, len(probs_NC)))
     out[net.metric("precision")], out[net.metric("recall")] = precision_recall(ref.feats_ND, feats_ND, k=eval_cfg.pr_k)
     if eval_cfg.kid:
         out[net.metric("KID")], out[net.metric("KID") + "_std"] = kernel_distance(
@@ -101,6 +103,21 @@ def val_reference(run_cfg: SRDDConfig, net: Any, batch_size: int, refresh: bool 
     return reference_for(cache, net, manifest_sha256, "val", val_images, refresh=refresh)
 
 
+def fid_inception(run_cfg: SRDDConfig, cfg: SRDDConfig, images: list[torch.Tensor],
+                  refresh: bool) -> tuple[dict[str, float], dict[str, Any]]:
+    """(``{"FID-inception": value}``, provenance for the record): the generated images against the
+    val split through the packaged TF-Inception port (eval.fid_inception)."""
+    from analysis.metrics import frechet_distance_from_stats, gaussian_stats
+    from analysis.metrics.networks import fid_inception_net
+
+    net = fid_inception_net(cfg.eval.fid_resize)
+    ref = val_reference(run_cfg, net, cfg.eval.batch_size, refresh=refresh)
+    feats_ND, _ = net.extract(images)
+    value = frechet_distance_from_stats(gaussian_stats(feats_ND, "generated"), ref.stats)
+    return ({net.metric("FD"): value},
+            {"fid_network": {"name": net.name, "sha256": net.sha256}, "fid_reference": vars(ref.provenance)})
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, metavar="RUN", help="run directory (or run name under SRDD_HOME) holding model.pt")
     parser.add_argument("--samples", type=int, default=None, help="generated images (overrides eval.n_samples)")
@@ -132,12 +149,18 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
 
     ref = val_reference(run_cfg, net, cfg.eval.batch_size, refresh=args.refresh_reference)
     with torch.no_grad():
-        feats_ND, probs_NC = net.extract(_sampled_images(model, vae, class_labels([], n, model.num_classes), cfg))
+        images = list(_sampled_images(model, vae, class_labels([], n, model.num_classes), cfg))
+    feats_ND, probs_NC = net.extract(images)
     quality = quality_metrics(net, ref, feats_ND, probs_NC, cfg.eval)
+    fid: dict[str, float] = {}
+    fid_provenance: dict[str, Any] = {}
+    if cfg.eval.fid_inception:
+        fid, fid_provenance = fid_inception(run_cfg, cfg, images, args.refresh_reference)
+        quality |= fid
     tokens = val_token_metrics(run_cfg, model, vae, cfg.eval.batch_size, args.val_batches) if args.val_batches > 0 else {}
     record = {"kind": "eval", "step": meta.get("step"), "n_samples": n, **quality, **tokens,
               "sampler": {k: getattr(cfg.sample, k) for k in SAMPLER_KEYS},
-              "feature_net": {"name": net.name, "sha256": net.sha256}, "reference": vars(ref.provenance)}
+              "feature_net": {"name": net.name, "sha256": net.sha256}, "reference": vars(ref.provenance), **fid_provenance}
     record = json.loads(json.dumps(record, default=list))  # omegaconf lists -> plain lists
     append_jsonl(run / "metrics.jsonl", record)
     save_config(cfg, run / "eval")  # the eval's own config; the run's config.yaml stays the training one
@@ -145,6 +168,8 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     fd_name = net.metric("FD")
     # Quality columns only: the table's val_loss stays the training run's full val pass (what the fits read).
     columns = quality | {"fd": quality[fd_name], "fd_metric": fd_name}
+    if fid:  # the column the report plots beside fd, whichever resize eval.fid_resize named the metric after
+        columns["fid_inception"] = next(iter(fid.values()))
     table = Path(args.runs_csv) if args.runs_csv else run.parent / "runs.csv"
     if update_runs_csv(table, run.name, columns):
         log.info("updated %s", table)

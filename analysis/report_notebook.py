@@ -155,13 +155,16 @@ else:
         C = np.sort(table["flops"].to_numpy(dtype=float))
         L = {m: compute_fits[m].predict({"x": C}) for m in ("var", "srdd")}
         display(pd.DataFrame({"flops": C, "L_var": L["var"], "L_srdd": L["srdd"], "srdd / var": L["srdd"] / L["var"]}).round(4))
-    if "fd" in table.columns:
+    # FD of the run's feature network, and FID-inception (the packaged TF-Inception port) beside it when evaluated
+    for column, label in (("fd", "FD"), ("fid_inception", "FID-inception")):
+        if column not in table.columns or table[column].isna().all():
+            continue
         fig, ax = plt.subplots()
         for mask, sub in table.groupby("mask"):
-            ax.plot(sub["flops"], sub["fd"], "o-", label=str(mask))
+            ax.plot(sub["flops"], sub[column], "o-", label=str(mask))
         ax.set_xscale("log")
         ax.set_xlabel("training FLOPs")
-        ax.set_ylabel("FD (lower is better)")
+        ax.set_ylabel(f"{label} (lower is better)")
         ax.legend()
         plt.show()
 

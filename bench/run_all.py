@@ -97,7 +97,13 @@ def sampling_headlines(obj: list[dict[str, Any]]) -> list[Headline]:
 
 
 def eval_headlines(obj: dict[str, Any]) -> list[Headline]:
-    return [Headline("eval", f"images/s through {r['network']}", r["images_per_s"]) for r in _rows(obj)]
+    out = [Headline("eval", f"images/s through {r['network']}", r["images_per_s"]) for r in _rows(obj)]
+    out += [Headline("eval", f"{r['network']} pairs/s at {r['side_px']} px", r["pairs_per_s"]) for r in obj.get("lpips", [])]
+    fid = obj.get("cifar_fid")
+    if fid:
+        out.append(Headline("eval", f"{fid['metric']} CIFAR-10 test {fid['n_real']} vs {fid['n_fake']}: rel. diff to numpy/scipy",
+                            fid["rel_diff"], "<= 1e-6", fid["rel_diff"] <= 1e-6, f"FID {fid['fid']:.3f}"))
+    return out
 
 
 def fit_headlines(obj: dict[str, Any]) -> list[Headline]:
@@ -124,7 +130,7 @@ BENCHES = [
           train_step_headlines),
     Bench("sampling", ["--sizes", "d2,d16", "--batch", "2", "--repeats", "1", "--variants", "var-10,srdd-10,srdd-6"],
           ["--sizes", "d2,d16", "--batch", "8", "--repeats", "3"], sampling_headlines),
-    Bench("eval", [], [], eval_headlines),
+    Bench("eval", ["--cifar-fid", "200"], ["--cifar-fid", "1000"], eval_headlines),
     Bench("fit", [], [], fit_headlines),
 ]
 

@@ -40,6 +40,7 @@ STAGES: dict[str, Stage] = {
     "policy-train": Stage("pretrain.policy", "train the learned resampling policy  [pretrain/policy.py]"),
     "eval-net-train": Stage("analysis.metrics.feature_net", "train the platform's own feature network  [analysis/metrics/feature_net.py]"),
     "eval": Stage("analysis.evaluate", "sample from a run and compute FD/IS/precision/recall  [analysis/evaluate.py]"),
+    "fid": Stage("analysis.fid", "FID-inception between two image sets (sources or samples.npz)  [analysis/fid.py]"),
     "fit": Stage("analysis.scaling.cli", "fit scaling laws to a runs table  [analysis/scaling/cli.py]"),
     "report": Stage("analysis.report", "execute the report notebook into HTML  [analysis/report.py]"),
     "ablate": Stage("analysis.ablate", "run the Laplacian-pyramid 2x2x2 ablation grid  [analysis/ablate.py]"),

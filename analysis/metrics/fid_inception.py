@@ -44,7 +44,7 @@ def inception_input(images: Sequence[np.ndarray], resize: str) -> torch.Tensor:
         raise ValueError(f"expected uint8 H x W x 3 images, got shapes {bad[:3]}")
     if resize == "bilinear":
         def one(im: np.ndarray) -> torch.Tensor:
-            x = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].float() / 255.0
+            x = torch.from_numpy(np.array(im)).permute(2, 0, 1)[None].float() / 255.0  # a copy: npz arrays are read-only
             if x.shape[-2:] != (INPUT_SIDE, INPUT_SIDE):
                 x = F.interpolate(x, size=(INPUT_SIDE, INPUT_SIDE), mode="bilinear", align_corners=False)
             return x[0] * 2 - 1
@@ -95,7 +95,8 @@ def load_fid_inception_net(resize: str = "bilinear", key: str = "eval.fid_resize
     """(module, sha256 of the network file): the packaged TorchScript network, frozen on the CPU."""
     path = packaged_path(FID_INCEPTION, key)
     net = torch.jit.load(str(path), map_location="cpu").eval()
-    net.requires_grad_(False)
+    for p in net.parameters():
+        p.requires_grad_(False)
     return FIDInception(net, resize), FID_INCEPTION.sha256
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from analysis.metrics.checks import MetricInputError
 from analysis.metrics.cnn import load_classifier
+from analysis.metrics.fid_inception import load_fid_inception_net, metric_net_name
 from data_pipeline import source_slug
 from data_pipeline.tario import file_sha256
 from pretrain.config.eval import EvalConfig
@@ -42,17 +43,25 @@ class FeatureNet:
         return f"{kind}-{self.name}"
 
     @torch.no_grad()
-    def extract(self, batches: Iterable[torch.Tensor | tuple]) -> tuple[np.ndarray, np.ndarray]:
-        """Concatenated (feats_ND, probs_NC) over batches of images (or (images, labels) pairs)."""
+    def extract(self, batches: Iterable[torch.Tensor | tuple]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Concatenated (feats_ND, probs_NC) over batches of images (or (images, labels) pairs);
+        probs is None for a network without a classifier head."""
         feats, probs = [], []
         for batch in batches:
             img_B3HW = batch[0] if isinstance(batch, (tuple, list)) else batch
             f_BD, p_BC = self.module.features(img_B3HW.float())
             feats.append(f_BD.double().numpy())
-            probs.append(p_BC.double().numpy())
+            if p_BC is not None:
+                probs.append(p_BC.double().numpy())
         if not feats:
             raise MetricInputError(f"feature net {self.name}: no images to extract features from")
-        return np.concatenate(feats), np.concatenate(probs)
+        return np.concatenate(feats), (np.concatenate(probs) if probs else None)
+
+
+def fid_inception_net(resize: str) -> FeatureNet:
+    """The packaged TF-Inception port (``FID-inception``, or ``FID-inception-clean`` with clean-fid's resize)."""
+    module, sha256 = load_fid_inception_net(resize)
+    return FeatureNet(metric_net_name(resize), sha256, module, is_inception=True)
 
 
 def load_feature_net(eval_cfg: EvalConfig, source: str) -> FeatureNet:

@@ -64,16 +64,23 @@ def load_reference(path: str | Path) -> Reference:
     return Reference(feats_ND, gaussian_stats(feats_ND, str(path)), prov)
 
 
-def reference_for(path: str | Path, net: FeatureNet, manifest_sha256: str, split: str,
-                  images: Callable[[], Iterable], refresh: bool = False) -> Reference:
-    """Load the cached reference at ``path`` (checked against ``net`` and the manifest) or build and cache it."""
+def cached_features(path: str | Path, net: FeatureNet, manifest_sha256: str, split: str,
+                    compute: Callable[[], np.ndarray], refresh: bool = False) -> Reference:
+    """Load the cached features at ``path`` (checked against ``net`` and the dataset hash) or
+    ``compute()`` them and cache them with their provenance."""
     path = Path(path)
     if path.is_file() and not refresh:
         ref = load_reference(path)
         check_provenance(ref.provenance, net, manifest_sha256, str(path))
         return ref
-    feats_ND, _ = net.extract(images())
+    feats_ND = compute()
     ref = Reference(feats_ND, gaussian_stats(feats_ND, f"{split} reference"),
                     Provenance(net.name, net.sha256, manifest_sha256, split, feats_ND.shape[0]))
     save_reference(path, ref)
     return ref
+
+
+def reference_for(path: str | Path, net: FeatureNet, manifest_sha256: str, split: str,
+                  images: Callable[[], Iterable], refresh: bool = False) -> Reference:
+    """Load the cached reference at ``path`` (checked against ``net`` and the manifest) or build and cache it."""
+    return cached_features(path, net, manifest_sha256, split, lambda: net.extract(images())[0], refresh)

@@ -87,11 +87,20 @@ def _check_keys(keys: Iterable[str], source: str) -> None:
         raise ConfigError(f"unknown config key {key!r} in {source}{hint}")
 
 
+_YAML_BOOL_WORDS = {"on", "off", "yes", "no", "y", "n"}  # YAML 1.1 (omegaconf's parser) reads these as booleans
+
+
 def _parse_dotlist(overrides: Sequence[str]) -> DictConfig:
+    schema = OmegaConf.structured(SRDDConfig)
+    items = []
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} is not of the form key=value")
-    return OmegaConf.from_dotlist(list(overrides))
+        key, _, value = item.partition("=")
+        if value.lower() in _YAML_BOOL_WORDS and isinstance(OmegaConf.select(schema, key, default=None), str):
+            item = f"{key}='{value}'"  # a string field keeps the word: tokenizer.lpips=off, sample.cfg_schedule=off
+        items.append(item)
+    return OmegaConf.from_dotlist(items)
 
 
 def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:

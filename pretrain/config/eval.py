@@ -10,6 +10,8 @@ from pretrain.config.fields import bounded, choice, doc
 class EvalConfig:
     feature_net: str = choice("mnist-cnn", ("mnist-cnn", "inception"), help="inception needs inception_weights")
     inception_weights: str = doc("", "local pt_inception-2015-12-05 weights (pytorch-fid format)")
+    fid_inception: bool = doc(False, "srdd eval also reports FID-inception (the packaged TF-Inception port; ~0.5 s per image on 2 cores)")
+    fid_resize: str = choice("bilinear", ("bilinear", "clean"), help="FID-inception resize to 299 px: pytorch-fid's bilinear, or clean-fid's PIL bicubic (metric FID-inception-clean)")
     net_ckpt: str = doc("", "platform-trained feature net; empty = <SRDD_HOME>/eval_net/<source>.pt")
     n_samples: int = bounded(1000, min=2, help="generated images per evaluation")
     batch_size: int = bounded(100, min=1)

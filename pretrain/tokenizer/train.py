@@ -3,7 +3,7 @@
 Loss per step (VQGAN recipe on VAR's quantiser):
   recon (L1 or L2 on pixels) + vq (beta * commitment + codebook, averaged over scales;
   gradients pass straight through the whole residual quantiser)
-  + perceptual_weight * LPIPS (only with a local TorchScript LPIPS file, tokenizer.lpips_path)
+  + perceptual_weight * LPIPS (tokenizer.lpips: alex/vgg on the packaged weights, pretrain/tokenizer/lpips.py)
   + disc_weight * hinge generator loss of a PatchGAN (from step tokenizer.disc_start on).
 Data parallel over ranks with a DeepSpeed engine (pretrain.engine.build_engine); the codebook
 is initialised from the first batch's encoder outputs and dead codes are restarted every
@@ -34,6 +34,7 @@ from pretrain.outputs import append_jsonl, run_dir, save_config
 from pretrain.tokenizer.checkpoint import build_tokenizer, save_tokenizer
 from pretrain.tokenizer.codebook import CodebookMonitor
 from pretrain.tokenizer.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
+from pretrain.tokenizer.lpips import build_perceptual
 from pretrain.tokenizer.vqvae import MultiScaleVQVAE
 
 log = logging.getLogger("srdd.tokenizer")
@@ -43,20 +44,6 @@ Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 def psnr_db(mse_pm1: float) -> float:
     """PSNR of images in [-1, 1] measured on the [0, 1] scale: 10 log10(1 / (mse / 4))."""
     return 10 * math.log10(4.0 / max(mse_pm1, 1e-12))
-
-
-def load_perceptual(path: str) -> nn.Module | None:
-    """A TorchScript LPIPS module f(x, y) -> per-image distance, from a local file; None = off."""
-    if not path:
-        log.info("perceptual loss off: tokenizer.lpips_path is empty (no weights are downloaded)")
-        return None
-    if not Path(path).is_file():
-        raise ConfigError(f"tokenizer.lpips_path={path!r}: no such file")
-    net = torch.jit.load(path, map_location="cpu").eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    log.info("perceptual loss on: LPIPS from %s", path)
-    return net
 
 
 def recon_loss(rec: torch.Tensor, img: torch.Tensor, kind: str) -> torch.Tensor:
@@ -153,7 +140,7 @@ def main(cfg: SRDDConfig, args: argparse.Namespace | None = None) -> int:
     torch.manual_seed(cfg.seed)
     vae = build_tokenizer(tok)
     check_config(cfg, vae)
-    perceptual = load_perceptual(tok.lpips_path)
+    perceptual = build_perceptual(tok, info.device)
     out = run_dir(cfg)
     if info.is_main:
         save_config(cfg, out)
@@ -255,7 +242,7 @@ def step_losses(engine: Any, disc: Any | None, perceptual: nn.Module | None, img
     rec, vq_loss, idx_list, _ = engine(img)
     terms = {"recon": recon_loss(rec, img, tok.recon_loss), "vq": vq_loss}
     if perceptual is not None:
-        terms["perceptual"] = tok.perceptual_weight * perceptual(rec, img).mean()
+        terms["perceptual"] = tok.perceptual_weight * perceptual(rec.float(), img.float()).mean()
     if disc is not None and step >= tok.disc_start:
         # through the bare module (not D's engine, whose hooks expect its own backward), frozen so
         # the generator's loss does not write D's gradients
