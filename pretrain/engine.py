@@ -5,6 +5,11 @@ decay on biases, norms, embeddings and 1-D parameters. ``torch_adam`` avoids the
 compiled CPU Adam op, so it runs on any machine (REFERENCE.md sec. 3). Learning
 rate: VAR's rule lr = lr_base * global_batch / 256 unless ``lr_peak`` is set,
 linear warmup then cosine / linear decay to ``lr_end_ratio * peak``.
+
+Precision: ``train.precision=bf16`` runs the model in bf16 while DeepSpeed's bf16 optimizer
+keeps fp32 master weights; attention softmax (fused kernels accumulate in fp32) and the loss
+(``Transformer.logits`` returns fp32) stay fp32. ``train.compile`` compiles the module's
+forward in place (``nn.Module.compile``: state-dict keys and checkpoints unchanged).
 """
 from __future__ import annotations
 
@@ -88,6 +93,8 @@ def build_engine(model: nn.Module, train: TrainConfig, total_steps: int, world_s
         # DeepSpeed casts parameters only; floating buffers (e.g. a zero key bias, the additive
         # attention mask) must follow, or stage-0 bf16 mixes dtypes in the forward.
         model = model.to(torch.bfloat16)
+    if train.compile:
+        model.compile()
     schedule = lr_multiplier(train, total_steps)
     engine, _, _, _ = deepspeed.initialize(
         model=model,

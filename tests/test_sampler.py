@@ -51,11 +51,12 @@ def test_seed_fixes_the_draw(ref, vae):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("attn_impl", ["auto", "dense"])
 @pytest.mark.parametrize("window", [None, 0, 1])
-def test_cached_sampling_equals_uncached_forward(ref, vae, window):
-    """Teacher-force the sampled pyramid through the full masked forward: every scale's guided
-    logits equal (1 + t_k) * cond - t_k * uncond computed without any cache."""
-    model = reference_model(attn_window=window, ref=ref)
+def test_cached_sampling_equals_uncached_forward(ref, vae, window, attn_impl):
+    """Teacher-force the sampled pyramid through the full masked forward (either attention path):
+    every scale's guided logits equal (1 + t_k) * cond - t_k * uncond computed without any cache."""
+    model = reference_model(attn_window=window, ref=ref, attn_impl=attn_impl)
     rec = Recorder()
     _, idx = sample(model, vae, ref["label_B"], cfg=1.5, seed=3, refine=rec, return_pyramid=True)
     x_BLCv = vae.pyramid_to_var_input(idx, model.patch_nums)
@@ -65,7 +66,7 @@ def test_cached_sampling_equals_uncached_forward(ref, vae, window):
     ts = guidance_weights(1.5, len(model.patch_nums))
     for k, (begin, end) in enumerate(model.begin_ends):
         full = (1 + ts[k]) * cond[:, begin:end] - ts[k] * uncond[:, begin:end]
-        torch.testing.assert_close(rec.logits[k], full, rtol=0, atol=1e-5, msg=f"window {window}, scale {k}")
+        torch.testing.assert_close(rec.logits[k], full, rtol=0, atol=1e-5, msg=f"window {window}, {attn_impl}, scale {k}")
         assert torch.equal(rec.logits[k].argmax(-1), full.argmax(-1))
 
 

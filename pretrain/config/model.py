@@ -17,6 +17,7 @@ class ModelConfig:
     size: str = choice("d2", tuple(SIZES), help="row of pretrain/sizes.py")
     mask: str = choice("var", ("var", "srdd", "window"), help="var = block-causal, srdd = Markovian (window 0), window = use attn_window")
     attn_window: Optional[int] = doc(None, "with mask=window: scale k sees scales k-w..k")
+    attn_impl: str = choice("auto", ("auto", "dense"), help="teacher-forcing attention: auto = only the pairs the mask allows (per-scale tiles, docs/model.md), dense = additive -inf mask over all L x L (the reference); same outputs and checkpoints")
     num_classes: int = bounded(10, min=1, help="class-conditional labels (+1 null class for CFG)")
     cond_drop: float = bounded(0.1, min=0.0, max=1.0, help="class-condition dropout for CFG (training only)")
     mlp_ratio: float = bounded(4.0, min=0.5)

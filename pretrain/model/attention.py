@@ -5,6 +5,10 @@ State-dict keys (per block ``blocks.i.attn.``): ``mat_qkv.weight`` (3C x C, no b
 ``scale_mul_1H11`` (log of the per-head logit scale, init log 4, capped at log 100),
 ``proj.weight``/``proj.bias``. With q and k unit-normalised the softmax scale is
 exp(scale_mul) instead of 1/sqrt(head_dim) (VAR's ``attn_l2_norm=True``, used by all its models).
+
+How the normalised q, k, v are attended is the caller's ``attend``: teacher forcing passes the
+mask's path (``model.attn_impl``: the additive -inf mask, or tiles that skip the hidden pairs,
+pretrain/model/tiled_attention.py); a KV-cached scale pass passes none (all its keys are visible).
 """
 from __future__ import annotations
 
@@ -17,6 +21,14 @@ from torch import nn
 
 # Extends this layer's keys/values with cached ones: (k_BHlc, v_BHlc) -> (k_BHLc, v_BHLc).
 KVExtend = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# Attention of normalised, scaled q against k, v, softmax scale 1: (q_BHLc, k_BHLc, v_BHLc) -> out_BHLc.
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def masked_attention(q_BHLc: torch.Tensor, k_BHLc: torch.Tensor, v_BHLc: torch.Tensor,
+                     bias_11LL: torch.Tensor) -> torch.Tensor:
+    """The dense reference: all L x L pairs, hidden ones set to -inf by the additive mask."""
+    return F.scaled_dot_product_attention(q_BHLc, k_BHLc, v_BHLc, attn_mask=bias_11LL.to(q_BHLc.dtype), scale=1.0)
 
 
 class SelfAttention(nn.Module):
@@ -33,10 +45,10 @@ class SelfAttention(nn.Module):
         self.max_scale_mul = math.log(100.0)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x_BLC: torch.Tensor, attn_bias: Optional[torch.Tensor] = None,
+    def forward(self, x_BLC: torch.Tensor, attend: Optional[Attend] = None,
                 kv_extend: Optional[KVExtend] = None) -> torch.Tensor:
-        """``attn_bias`` (1, 1, L, L) masks teacher forcing; ``kv_extend`` prepends cached keys/values
-        (sampling: the queries are one scale, the keys that scale plus its visible prefix)."""
+        """``attend`` applies teacher forcing's mask; ``kv_extend`` prepends cached keys/values
+        (sampling: the queries are one scale, the keys that scale plus its visible prefix, no mask)."""
         B, L, C = x_BLC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
@@ -46,6 +58,8 @@ class SelfAttention(nn.Module):
         k_BHLc = F.normalize(k_BHLc, dim=-1)
         if kv_extend is not None:
             k_BHLc, v_BHLc = kv_extend(k_BHLc, v_BHLc)
-        mask = None if attn_bias is None else attn_bias.to(q_BHLc.dtype)
-        out_BHLc = F.scaled_dot_product_attention(q_BHLc, k_BHLc, v_BHLc, attn_mask=mask, scale=1.0)
+        if attend is None:
+            out_BHLc = F.scaled_dot_product_attention(q_BHLc, k_BHLc, v_BHLc, scale=1.0)
+        else:
+            out_BHLc = attend(q_BHLc, k_BHLc, v_BHLc)
         return self.proj(out_BHLc.transpose(1, 2).reshape(B, L, C))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.model.attention import KVExtend, SelfAttention
+from pretrain.model.attention import Attend, KVExtend, SelfAttention
 
 NORM_EPS = 1e-6
 
@@ -46,10 +46,10 @@ class AdaLNSelfAttn(nn.Module):
         self.ln_wo_grad = nn.LayerNorm(width, eps=NORM_EPS, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
-    def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, attn_bias: Optional[torch.Tensor] = None,
+    def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, attend: Optional[Attend] = None,
                 kv_extend: Optional[KVExtend] = None) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self.ada_lin(cond_BD).view(-1, 1, 6, self.C).unbind(2)
-        h = self.attn(self.ln_wo_grad(x_BLC).mul(scale1.add(1)).add_(shift1), attn_bias, kv_extend)
+        h = self.attn(self.ln_wo_grad(x_BLC).mul(scale1.add(1)).add_(shift1), attend, kv_extend)
         x_BLC = x_BLC + drop_path(h.mul_(gamma1), self.drop_path_p, self.training)
         h = self.ffn(self.ln_wo_grad(x_BLC).mul(scale2.add(1)).add_(shift2))
         return x_BLC + drop_path(h.mul(gamma2), self.drop_path_p, self.training)

@@ -16,4 +16,5 @@ def build_model(model_cfg: ModelConfig, vocab_size: int, z_channels: int, patch_
     return Transformer(vocab_size=vocab_size, z_channels=z_channels, patch_nums=patch_nums, depth=row.depth,
                        width=row.width, heads=row.heads, num_classes=model_cfg.num_classes,
                        mlp_ratio=model_cfg.mlp_ratio, drop_path=model_cfg.drop_path, cond_drop=model_cfg.cond_drop,
-                       attn_window=model_cfg.window, init_std=model_cfg.init_std)
+                       attn_window=model_cfg.window, init_std=model_cfg.init_std,
+                       attn_impl=model_cfg.attn_impl)

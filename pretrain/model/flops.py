@@ -1,6 +1,15 @@
 """FLOPs of the transformer, counted from the built model (one convention for every area).
 
-Convention (Kaplan et al. 2020, Hoffmann et al. 2022), per token of a forward pass:
+Two counts (docs/model.md):
+- *attended* (``flops`` in the training records): the scaling-law convention below, counting
+  only the (query, key) pairs the mask allows, whatever kernel runs;
+- *executed* (``flops_executed``): the multiply-adds the path in use runs: every linear layer at
+  the rows it actually processes (``ada_lin`` once per sample, ``word_embed`` on the L - first_l
+  input tokens) plus the (query, key) pairs the attention path computes (all L x L for
+  ``attn_impl=dense``, the mask's tiles for ``auto``). What MFU and the FLOP bound of a speed
+  ratio are made of (bench/train_step.py, bench/gpu.py).
+
+Attended convention (Kaplan et al. 2020, Hoffmann et al. 2022), per token of a forward pass:
     2 * N_nonembed                      every parameter in a matmul does one multiply-add
   + 2 * 2 * keys * width * depth        QK^T and AV: one multiply-add per key, channel, layer
 where ``keys`` = tokens the query attends to under the mask (scale k: its own scale plus the
@@ -16,7 +25,9 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from pretrain.model.masks import first_visible_scale
+from torch import nn
+
+from pretrain.model.masks import attention_tiles, first_visible_scale
 
 _MODELS_WINDOW = object()  # sentinel: use the model's own attn_window
 
@@ -57,3 +68,34 @@ def forward_flops_per_token(model: Any, **kwargs: Any) -> float:
 def train_flops_per_sample(model: Any, **kwargs: Any) -> int:
     """Training FLOPs of one sequence: forward + backward = 3 x forward."""
     return 3 * forward_flops_per_sample(model, **kwargs)
+
+
+# ---- executed FLOPs -----------------------------------------------------------------------------
+def executed_attention_pairs(patch_nums: Sequence[int], attn_window: Optional[int], attn_impl: str) -> int:
+    """(query, key) pairs one attention layer computes per sample: L^2 dense, the tiles' otherwise."""
+    if attn_impl == "dense":
+        return sum(pn * pn for pn in patch_nums) ** 2
+    return sum(t.pairs for t in attention_tiles(patch_nums, attn_window))
+
+
+def executed_forward_flops_per_sample(model: Any, patch_nums: Optional[Sequence[int]] = None,
+                                      attn_window: Any = _MODELS_WINDOW, attn_impl: Optional[str] = None) -> int:
+    """Forward FLOPs of one teacher-forced sequence as executed (module docstring); defaults: the
+    model's schedule, mask and ``attn_impl``. Norms, softmax, biases and lookups are not counted."""
+    pns = tuple(patch_nums or model.patch_nums)
+    window = model.attn_window if attn_window is _MODELS_WINDOW else attn_window
+    L = sum(pn * pn for pn in pns)
+    rows = {"word_embed": L - pns[0] ** 2}  # scale 0's input is the class token: no matmul
+    flops = 0
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            per_sample = "ada_lin" in name  # AdaLN reads the class embedding: one row per sample
+            flops += 2 * m.in_features * m.out_features * (1 if per_sample else rows.get(name, L))
+    pairs = executed_attention_pairs(pns, window, attn_impl or model.attn_impl)
+    return flops + 4 * model.depth * model.C * pairs
+
+
+def train_flops_executed_per_sample(model: Any, **kwargs: Any) -> int:
+    """Executed training FLOPs of one sequence: 3 x executed forward (the standard MFU
+    convention: the flash kernels' recomputation in the backward is not counted)."""
+    return 3 * executed_forward_flops_per_sample(model, **kwargs)

@@ -6,10 +6,15 @@ block-diagonal Markovian mask (arXiv 2509.22636): scale k's input already carrie
 cumulative state f_hat, so its own tokens are all it needs. In a depth-D stack a window
 w > 0 is not Markov: information hops one window per layer, so scale k still depends on
 inputs down to scale k - w*D (REFERENCE.md sec. 2).
+
+The visible scales of a query scale are contiguous (k-w..k), so the mask is also a list of
+*tiles*, one per query scale: its queries against one contiguous key range. Attention over the
+tiles (pretrain/model/tiled_attention.py) computes exactly the pairs the mask allows; the
+additive mask computes all L x L and throws the hidden ones away (docs/model.md).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
@@ -33,12 +38,36 @@ def first_visible_scale(k: int, attn_window: Optional[int]) -> int:
     return 0 if attn_window is None else max(0, k - attn_window)
 
 
+class Tile(NamedTuple):
+    """Queries [q_begin, q_end) attend to keys [k_begin, k_end) with no mask inside the tile."""
+    q_begin: int
+    q_end: int
+    k_begin: int
+    k_end: int
+
+    @property
+    def pairs(self) -> int:
+        return (self.q_end - self.q_begin) * (self.k_end - self.k_begin)
+
+
+def check_window(attn_window: Optional[int]) -> None:
+    if attn_window is not None and attn_window < 0:
+        raise ValueError(f"attn_window={attn_window}: use None (block-causal) or an int >= 0")
+
+
+def attention_tiles(patch_nums: Sequence[int], attn_window: Optional[int]) -> list[Tile]:
+    """One tile per scale k: its tokens against the keys of scales first_visible(k)..k."""
+    check_window(attn_window)
+    bounds = scale_bounds(patch_nums)
+    return [Tile(begin, end, bounds[first_visible_scale(k, attn_window)][0], end)
+            for k, (begin, end) in enumerate(bounds)]
+
+
 def attn_bias(patch_nums: Sequence[int], attn_window: Optional[int]) -> torch.Tensor:
     """Additive mask (1, 1, L, L): 0 where query scale i may see key scale j, -inf elsewhere.
 
     Same layout and values as VAR's ``attn_bias_for_masking`` for ``attn_window=None``."""
-    if attn_window is not None and attn_window < 0:
-        raise ValueError(f"attn_window={attn_window}: use None (block-causal) or an int >= 0")
+    check_window(attn_window)
     q_L1 = scale_ids(patch_nums)[:, None]
     k_1L = q_L1.T
     visible = k_1L <= q_L1

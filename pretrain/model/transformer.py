@@ -9,6 +9,9 @@ predicts each token's code (V logits). ``class_emb`` has num_classes + 1 rows: t
 the null class of classifier-free guidance.
 
 The attention mask is ``attn_window`` (pretrain/model/masks.py): None = VAR, 0 = SRDD.
+``attn_impl`` is how teacher forcing applies it: "auto" attends over the mask's tiles and skips
+hidden pairs (pretrain/model/tiled_attention.py), "dense" is the additive -inf mask over all
+L x L pairs (the reference). Both give the same outputs and share one state dict.
 Keys: word_embed, class_emb, pos_start, pos_1LC, lvl_embed, blocks.i.{attn,ffn,ada_lin},
 head_nm.ada_lin, head, and the buffers lvl_1L, attn_bias_for_masking, blocks.i.attn.zero_k_bias.
 """
@@ -16,16 +19,20 @@ from __future__ import annotations
 
 import math
 import re
+from functools import partial
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
+from pretrain.model.attention import Attend, masked_attention
 from pretrain.model.blocks import AdaLNBeforeHead, AdaLNSelfAttn
 from pretrain.model.kv_cache import KVCache
-from pretrain.model.masks import attn_bias, scale_bounds, scale_ids
+from pretrain.model.masks import attention_tiles, attn_bias, scale_bounds, scale_ids
+from pretrain.model.tiled_attention import group_tiles, tiled_attention
 
 VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+ATTN_IMPLS = ("auto", "dense")
 # Lookup tables: no matmul per token, excluded from the non-embedding count (Kaplan et al. 2020).
 EMBEDDING_PREFIXES = ("class_emb.", "pos_start", "pos_1LC", "lvl_embed.")
 
@@ -38,14 +45,17 @@ class Transformer(nn.Module):
     def __init__(self, *, vocab_size: int, z_channels: int, patch_nums: Sequence[int] = VAR_PATCH_NUMS,
                  depth: int = 16, width: Optional[int] = None, heads: Optional[int] = None, num_classes: int = 1000,
                  mlp_ratio: float = 4.0, drop_path: float = 0.0, cond_drop: float = 0.1,
-                 attn_window: Optional[int] = None, init_std: float = 0.02):
+                 attn_window: Optional[int] = None, init_std: float = 0.02, attn_impl: str = "auto"):
         super().__init__()
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl={attn_impl!r}: choose one of {list(ATTN_IMPLS)}")
         self.V, self.Cvae, self.num_classes = vocab_size, z_channels, num_classes
         self.depth = depth
         self.C = self.D = width if width is not None else 64 * depth   # VAR's rule: width 64*depth, heads = depth
         self.num_heads = heads if heads is not None else depth
-        self.cond_drop_rate, self.attn_window = cond_drop, attn_window
+        self.cond_drop_rate, self.attn_window, self.attn_impl = cond_drop, attn_window, attn_impl
         self.patch_nums = tuple(int(p) for p in patch_nums)
+        self.attn_tile_groups = group_tiles(attention_tiles(self.patch_nums, attn_window))
         self.begin_ends = scale_bounds(self.patch_nums)
         self.L = self.begin_ends[-1][1]
         self.first_l = self.patch_nums[0] ** 2
@@ -129,9 +139,16 @@ class Transformer(nn.Module):
         x_BLCv = x_BLCv_wo_first_l.to(self.word_embed.weight.dtype)
         x_BLC = torch.cat((sos_BlC, self.word_embed(x_BLCv)), dim=1)
         x_BLC = x_BLC + (self.lvl_embed(self.lvl_1L.expand(B, -1)) + self.pos_1LC)
+        attend = self.teacher_forcing_attention()
         for block in self.blocks:
-            x_BLC = block(x_BLC, cond_BD, self.attn_bias_for_masking)
+            x_BLC = block(x_BLC, cond_BD, attend)
         return self.logits(x_BLC, cond_BD)
+
+    def teacher_forcing_attention(self) -> Attend:
+        """The mask as ``attn_impl`` applies it to all L tokens at once."""
+        if self.attn_impl == "dense":
+            return partial(masked_attention, bias_11LL=self.attn_bias_for_masking)
+        return partial(tiled_attention, groups=self.attn_tile_groups)
 
     def logits(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         return self.head(self.head_nm(x_BLC, cond_BD)).float()
@@ -171,7 +188,8 @@ class Transformer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"depth={self.depth}, width={self.C}, heads={self.num_heads}, V={self.V}, Cvae={self.Cvae}, "
-                f"classes={self.num_classes}, patch_nums={list(self.patch_nums)}, attn_window={self.attn_window}")
+                f"classes={self.num_classes}, patch_nums={list(self.patch_nums)}, attn_window={self.attn_window}, "
+                f"attn_impl={self.attn_impl}")
 
 
 def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:

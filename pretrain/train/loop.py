@@ -25,7 +25,7 @@ from pretrain.config.fields import ConfigError
 from pretrain.dist import DistInfo, init_distributed
 from pretrain.engine import build_engine
 from pretrain.outputs import atomic_write_json, run_dir, save_config
-from pretrain.model.flops import train_flops_per_sample
+from pretrain.model.flops import train_flops_executed_per_sample, train_flops_per_sample
 from pretrain.train.budget import tokens_per_sample, total_steps
 from pretrain.train.checkpoint import CheckpointManager, check_compatible, frozen_keys, read_meta
 from pretrain.train.data import model_batches
@@ -93,6 +93,7 @@ class Trainer:
         self.params, self.non_embedding_params = model.num_params(), model.num_non_embedding_params()
         self.L = tokens_per_sample(patch_nums)
         self.flops_per_sample = train_flops_per_sample(model)
+        self.flops_executed_per_sample = train_flops_executed_per_sample(model)
         self.total_steps = total_steps(t, self.L)
         self.micro_batch = t.batch_size // (info.world_size * t.grad_accum)
         self.engine = build_engine(model, t, self.total_steps, info.world_size)
@@ -116,7 +117,7 @@ class Trainer:
     def counters(self, step: int) -> dict[str, Any]:
         samples = step * self.cfg.train.batch_size
         return {"step": step, "samples": samples, "tokens": samples * self.L,
-                "flops": samples * self.flops_per_sample}
+                "flops": samples * self.flops_per_sample, "flops_executed": samples * self.flops_executed_per_sample}
 
     # ---- checkpoints -------------------------------------------------------------------
     def resume(self) -> None:
