@@ -15,6 +15,20 @@ first size with both masks, so ratios are measured side by side in one run.
 With ``VAR_SRC`` pointing at a checkout of FoundationVision/VAR, each size is also timed against
 VAR's own ``models.VAR`` on the same weights and batch (``vs_var`` in the JSON; goal: speed
 ratio >= 1.0).
+
+Masks (``--parts masks``, JSON key ``mask_rows``): SRDD vs VAR training-step time (forward +
+backward + AdamW) at ``--mask-size`` (d16) on VAR's ImageNet vocabulary with VAR's 256 px
+schedule (1,2,3,4,5,6,8,10,13,16) and its 512 px schedule (1,2,3,4,6,9,13,18,24,32), each mask
+on the dense -inf-mask path and on the tiled path that skips masked pairs (``model.attn_impl``,
+docs/model.md). All variants of a resolution share one set of weights and one optimizer and
+run in one process with every core; their steps are interleaved (the order rotates each
+round) so load from other processes hits them alike. Rows: ``variant`` (var | srdd), ``size``,
+``resolution``, ``attn_impl``, ``step_s`` (median wall seconds), ``ratio_vs_var_dense`` (median
+over rounds of step_s / the var dense step of the same round), ``flop_bound_vs_var_dense``
+(executed training FLOPs over var dense's, ``pretrain.model.flops``), the same two against
+var on its tiled path (``*_vs_var_sparse``), ``cpu_s`` (process CPU seconds) and achieved GFLOP/s.
+Goals: every measured ratio within 0.03 of its FLOP bound; VAR's tiled path faster than its
+dense path at 512 px. Results and the load they were measured under: docs/performance.md.
 """
 from __future__ import annotations
 
@@ -23,17 +37,24 @@ import itertools
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pretrain.tokenizer.var_source import var_src
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = {"zero": 0, "precision": "fp32", "ranks": 1}
+# VAR's released schedules (16x-downsampling tokenizer): image side in px -> patch_nums
+SCHEDULES = {256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16), 512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)}
+VAR_IMAGENET = {"vocab_size": 4096, "z_channels": 32, "num_classes": 1000}
+MASK_VARIANTS = {"var-dense": ("var", "dense"), "var-auto": ("var", "auto"),
+                 "srdd-auto": ("srdd", "auto"), "srdd-dense": ("srdd", "dense")}
+RATIO_GOAL = 0.03  # |measured ratio - FLOP bound|
 
 
 def cases(sizes: list[str], masks: list[str], grid: str) -> list[dict[str, Any]]:
@@ -155,6 +176,143 @@ def vs_var_row(size: str, batch_size: int, warmup: int, steps: int, src: Path) -
             "speed_ratio_vs_var": totals["var"] / totals["ours"]}
 
 
+# ---- SRDD vs VAR: does the mask pay in training? -------------------------------------------
+def mask_models(size: str, patch_nums: Sequence[int], variants: Sequence[str]) -> dict[str, Any]:
+    """One model per variant, all sharing the same parameter tensors (only masks and paths differ)."""
+    import dataclasses
+
+    import torch
+
+    from pretrain.config.model import ModelConfig
+    from pretrain.model import build_model
+
+    cfg = ModelConfig(size=size, num_classes=VAR_IMAGENET["num_classes"], drop_path=0.0)
+    V, Cvae = VAR_IMAGENET["vocab_size"], VAR_IMAGENET["z_channels"]
+    torch.manual_seed(0)
+    shared = build_model(cfg, V, Cvae, patch_nums).state_dict(keep_vars=True)
+    models = {}
+    for name in variants:
+        mask, impl = MASK_VARIANTS[name]
+        with torch.device("meta"):
+            model = build_model(dataclasses.replace(cfg, mask=mask, attn_impl=impl), V, Cvae, patch_nums)
+        model.load_state_dict(shared, assign=True)  # the same Parameter objects; the mask is rebuilt
+        models[name] = model.train()
+    return models
+
+
+def mask_rows(size: str, resolution: int, variants: Sequence[str], batch_size: int, warmup: int, repeats: int,
+              log: Any = print) -> list[dict[str, Any]]:
+    import torch
+
+    from pretrain.model.flops import train_flops_executed_per_sample
+    from pretrain.pyramid.heads import token_losses
+
+    patch_nums = SCHEDULES[resolution]
+    models = mask_models(size, patch_nums, variants)
+    any_model = next(iter(models.values()))
+    params = list(any_model.parameters())
+    optim = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=True)
+    g = torch.Generator().manual_seed(0)
+    L = any_model.L
+    label_B = torch.randint(0, VAR_IMAGENET["num_classes"], (batch_size,), generator=g)
+    x_BLCv = torch.randn(batch_size, L - any_model.first_l, VAR_IMAGENET["z_channels"], generator=g)
+    target_BL = torch.randint(0, VAR_IMAGENET["vocab_size"], (batch_size, L), generator=g)
+
+    def step(model: Any) -> tuple[float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        objective, _, _ = token_losses(model(label_B, x_BLCv), target_BL, 0.1)
+        objective.backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    names = list(models)
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(warmup + repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate: no variant always goes first
+            w, c = step(models[name])
+            if r >= warmup:
+                wall[name].append(w)
+                cpu[name].append(c)
+            log(f"  {size} {resolution}px {name:10} {'warm-up' if r < warmup else f'repeat {r - warmup + 1}'}: "
+                f"{w:.2f} s")
+
+    def flops(mask: str, impl: str) -> int:
+        from pretrain.config.model import MASK_PRESETS
+
+        return batch_size * train_flops_executed_per_sample(any_model, attn_window=MASK_PRESETS[mask], attn_impl=impl)
+
+    rows = []
+    for name in names:
+        mask, impl = MASK_VARIANTS[name]
+        row = {"variant": mask, "size": size, "resolution": resolution, "attn_impl": impl,
+               "patch_nums": list(patch_nums), "L": L, "batch_size": batch_size, "repeats": repeats,
+               "step_s": statistics.median(wall[name]), "step_s_runs": wall[name],
+               "cpu_s": statistics.median(cpu[name]), "train_flops_executed": flops(mask, impl)}
+        row["gflops_per_s"] = row["train_flops_executed"] / row["step_s"] / 1e9
+        for base, key in (("var-dense", "var_dense"), ("var-auto", "var_sparse")):
+            row[f"flop_bound_vs_{key}"] = row["train_flops_executed"] / flops(*MASK_VARIANTS[base])
+            row[f"ratio_vs_{key}"] = (statistics.median(a / b for a, b in zip(wall[name], wall[base]))
+                                      if base in wall else None)
+        rows.append(row)
+    return rows
+
+
+def mask_table(rows: list[dict[str, Any]]) -> str:
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+    head = (f"{'res':>4} {'variant':7} {'attn':5} {'step_s':>7} {'cpu_s':>7} {'GFLOP/s':>7} "
+            f"{'vs_var_dense':>12} {'bound':>6} {'vs_var_sparse':>13} {'bound':>6}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['resolution']:>4} {r['variant']:7} {r['attn_impl']:5} {r['step_s']:7.2f} {r['cpu_s']:7.2f} "
+                     f"{r['gflops_per_s']:7.1f} {num(r['ratio_vs_var_dense']):>12} {num(r['flop_bound_vs_var_dense']):>6} "
+                     f"{num(r['ratio_vs_var_sparse']):>13} {num(r['flop_bound_vs_var_sparse']):>6}")
+    return "\n".join(lines)
+
+
+def mask_goals(rows: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for r in rows:
+        where = f"{r['size']} {r['resolution']}px {r['variant']} {r['attn_impl']}"
+        for key in ("var_dense", "var_sparse"):
+            ratio, bound = r[f"ratio_vs_{key}"], r[f"flop_bound_vs_{key}"]
+            if r["variant"] == "srdd" and ratio is not None:
+                gap = ratio - bound
+                out.append(f"{where} vs {key}: ratio {ratio:.3f}, bound {bound:.3f}, gap {gap:+.3f} "
+                           f"({'met' if abs(gap) <= RATIO_GOAL else 'MISSED'}: goal |gap| <= {RATIO_GOAL})")
+        ratio = r["ratio_vs_var_dense"]
+        if r["variant"] == "var" and r["attn_impl"] == "auto" and ratio is not None:
+            goal = f"; goal < 1: {'met' if ratio < 1 else 'MISSED'}" if r["resolution"] >= 512 else ""
+            out.append(f"{where} vs var dense: {ratio:.3f} (bound {r['flop_bound_vs_var_dense']:.3f}{goal})")
+    return out
+
+
+def run_masks(args: argparse.Namespace) -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    meta = {"threads": threads, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "loadavg_before": os.getloadavg()}
+    print(f"masks: {args.mask_size}, batch {args.mask_batch}, {args.mask_repeats} interleaved repeats "
+          f"(+{args.mask_warmup} warm-up), {threads} torch threads, load average {meta['loadavg_before']}")
+    rows = []
+    for resolution in args.resolutions:
+        rows += mask_rows(args.mask_size, resolution, args.mask_variants, args.mask_batch, args.mask_warmup,
+                          args.mask_repeats)
+    meta["loadavg_after"] = os.getloadavg()
+    print()
+    print(mask_table(rows))
+    for line in mask_goals(rows):
+        print(line)
+    print(f"load average before {meta['loadavg_before']}, after {meta['loadavg_after']}")
+    return {"mask_rows": rows, "mask_meta": meta}
+
+
 def run_case(case: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Launch one case in fresh processes; returns its result dict (or the error)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
@@ -196,6 +354,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", default="grid,masks", help="comma-separated: grid (DeepSpeed settings), masks (SRDD vs VAR)")
     p.add_argument("--sizes", nargs="+", default=["d2", "d4"])
     p.add_argument("--masks", nargs="+", default=["var", "srdd"])
     p.add_argument("--grid", choices=["default", "full"], default="default")
@@ -203,6 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--timeout-s", type=float, default=600)
+    p.add_argument("--mask-size", default="d16", help="masks: model size")
+    p.add_argument("--resolutions", nargs="+", type=int, default=[256, 512], choices=sorted(SCHEDULES))
+    p.add_argument("--mask-variants", nargs="+", default=["var-dense", "var-auto", "srdd-auto"], choices=list(MASK_VARIANTS))
+    p.add_argument("--mask-batch", type=int, default=1)
+    p.add_argument("--mask-warmup", type=int, default=1, help="untimed rounds")
+    p.add_argument("--mask-repeats", type=int, default=3, help="timed rounds (medians reported)")
+    p.add_argument("--threads", type=int, default=0, help="masks: torch threads; 0 = the cores this process may use")
     p.add_argument("--json", default=str(REPO / "bench" / "results" / "train_step.json"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -212,20 +378,28 @@ def main(argv: list[str] | None = None) -> int:
         if result is not None:
             Path(args.out).write_text(json.dumps(result))
         return 0
-    rows = []
-    for case in cases(args.sizes, args.masks, args.grid):
-        rows.append(run_case(case, args))
-        print(table(rows).splitlines()[-1], flush=True)
-    print()
-    print(table(rows))
-    result: dict[str, Any] = {"argv": sys.argv[1:], "rows": rows}
-    src = var_src()
-    if src is not None:
-        result["vs_var"] = [vs_var_row(s, args.batch_size, args.warmup, args.steps, src) for s in args.sizes]
-        print(f"\nvs VAR's models.VAR (VAR_SRC={src}), plain torch + AdamW fp32, same weights and batch:")
-        for r in result["vs_var"]:
-            print(f"  {r['size']}: ours {r['step_s'] * 1e3:.1f} ms, VAR {r['var_step_s'] * 1e3:.1f} ms per step -> "
-                  f"speed ratio {r['speed_ratio_vs_var']:.3f} (goal >= 1.0)")
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"grid", "masks"}:
+        p.error(f"--parts={args.parts!r}: choose from grid, masks")
+    if "masks" in parts and "var-dense" not in args.mask_variants:
+        p.error("--mask-variants must include var-dense (every ratio is against it)")
+    result: dict[str, Any] = {"argv": sys.argv[1:] if argv is None else list(argv), "rows": []}
+    if "grid" in parts:
+        rows = result["rows"]
+        for case in cases(args.sizes, args.masks, args.grid):
+            rows.append(run_case(case, args))
+            print(table(rows).splitlines()[-1], flush=True)
+        print()
+        print(table(rows))
+        src = var_src()
+        if src is not None:
+            result["vs_var"] = [vs_var_row(s, args.batch_size, args.warmup, args.steps, src) for s in args.sizes]
+            print(f"\nvs VAR's models.VAR (VAR_SRC={src}), plain torch + AdamW fp32, same weights and batch:")
+            for r in result["vs_var"]:
+                print(f"  {r['size']}: ours {r['step_s'] * 1e3:.1f} ms, VAR {r['var_step_s'] * 1e3:.1f} ms per step -> "
+                      f"speed ratio {r['speed_ratio_vs_var']:.3f} (goal >= 1.0)")
+    if "masks" in parts:
+        result.update(run_masks(args))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.json}")
