@@ -1,40 +1,29 @@
-"""``srdd ablate``: the 2x2x2 Laplacian-pyramid grid (Hong & Belkadi, arXiv 2510.02826).
+"""The 2x2x2 Laplacian-pyramid grid (Hong & Belkadi, arXiv 2510.02826): cells, their scores, the table.
 
-    srdd ablate model.size=d2 train.tokens=2000000 [--cells pixel-continuous-residual,...] [--fd-samples 500]
-
-Every cell (pyramid.space x pyramid.codes x pyramid.bands) trains with ``srdd train`` (the same
-DeepSpeed loop, metrics and checkpoints) on the same image shards, seen in the same order
-(``pyramid.data=images``: every cell encodes the images on the fly), with the same model size,
-batch and token budget (every cell has L = sum(pn^2) tokens per image); cells differ only in
-their targets, the transformer's input width and its head (docs/ablation.md). Then each cell
-is sampled: a class grid, sampling latency and FLOPs, and FD against the val split with the
-eval area's feature network (empty when `srdd eval-net-train` has not been run).
-
-Outputs in ``<SRDD_HOME>/<run_name>/ablation/``: ``<cell>/`` (the cell's training run),
-``<cell>.png`` (one row per class), ``ablation.csv`` and ``ablation.json`` (rows + notes),
-``config.yaml``. Finished cells are not retrained, so rerunning completes an interrupted grid.
-With ``slurm.enabled=true`` (or ``--cluster``) each cell is one submitit job.
+Every cell (pyramid.space x pyramid.codes x pyramid.bands) is a training run of ``srdd train``
+(the same DeepSpeed loop, metrics and checkpoints) on the same image shards, seen in the same
+order (``pyramid.data=images``: every cell encodes the images on the fly), with the same model
+size, batch and token budget (every cell has L = sum(pn^2) tokens per image); cells differ only
+in their targets, the transformer's input width and its head (docs/ablation.md). This module
+defines the cells (``cell_config``), samples and scores a trained cell (``evaluate_cell``: a
+class grid, sampling latency and FLOPs, FD against the val split with the eval area's feature
+network), writes ``ablation.csv`` / ``ablation.json`` and compares the levers with the paper.
+``srdd ablate`` (training every cell, then scoring it) is slurm/ablate.py.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import itertools
-import json
-import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
-from pretrain.config import SRDDConfig, home_dir
+from pretrain.config import SRDDConfig
 from pretrain.config.fields import ConfigError
-from pretrain.outputs import atomic_write_json, atomic_write_text, run_dir, save_config
-
-log = logging.getLogger("srdd.ablate")
+from pretrain.outputs import atomic_write_json, atomic_write_text, run_dir
 
 CELLS = tuple("-".join(c) for c in itertools.product(("latent", "pixel"), ("discrete", "continuous"),
                                                      ("residual", "absolute")))
@@ -65,15 +54,7 @@ def parse_cells(text: str) -> list[str]:
     return cells
 
 
-# ---- one cell: train, then sample and score -----------------------------------------------------
-def train_cell(cell_cfg: SRDDConfig) -> None:
-    """``srdd train`` for the cell (a finished run is left as it is)."""
-    from pretrain.train.loop import main as train_main
-
-    if not (run_dir(cell_cfg) / "final.json").exists():
-        train_main(cell_cfg, argparse.Namespace())
-
-
+# ---- one cell: sample and score its trained run -----------------------------------------------
 def load_cell(run: Path) -> tuple[Any, Any, SRDDConfig]:
     """(model, codec, the run's config) of a trained cell."""
     from pretrain.pyramid.codec import load_codec
@@ -113,17 +94,18 @@ def fd_scorer(cfg: SRDDConfig) -> tuple[Any, str]:
     return score, net.metric("FD")
 
 
-def evaluate_cell(cfg: SRDDConfig, cell: str, n_per_class: int, fd_samples: int) -> dict[str, Any]:
-    """The cell's table row; writes ``<cell>.png``. ``cfg`` supplies sample.* and eval.*."""
+def evaluate_cell(cfg: SRDDConfig, cell: str, status: str, n_per_class: int, fd_samples: int) -> dict[str, Any]:
+    """The cell's table row (``status``: its run's, slurm.runs.run_status); writes ``<cell>.png``
+    when the run has its model. ``cfg`` supplies sample.* and eval.*. Picklable for submitit."""
     import torch
 
+    from analysis.runs_table import run_row
     from pretrain.sampling.batches import class_labels
     from pretrain.sampling.save import grid, to_uint8, write_png
-    from pretrain.train.runs_table import run_row
 
     cell_cfg = cell_config(cfg, cell)
     run = run_dir(cell_cfg)
-    trained = run_row(run)
+    trained = run_row(run, status)
     row: dict[str, Any] = {"cell": cell, "space": cell_cfg.pyramid.space, "codes": cell_cfg.pyramid.codes,
                            "bands": cell_cfg.pyramid.bands,
                            "loss_unit": LOSS_UNITS[(cell_cfg.pyramid.space, cell_cfg.pyramid.codes)],
@@ -148,46 +130,7 @@ def evaluate_cell(cfg: SRDDConfig, cell: str, n_per_class: int, fd_samples: int)
     return row
 
 
-def cell_job(cfg_dict: dict[str, Any], cell: str, srdd_home: str, n_per_class: int, fd_samples: int) -> dict[str, Any]:
-    """Body of one submitit job (or one in-process step): train the cell, then evaluate it."""
-    os.environ["SRDD_HOME"] = srdd_home
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from pretrain.train.export import config_from_dict
-
-    cfg = config_from_dict(cfg_dict)
-    train_cell(cell_config(cfg, cell))
-    return evaluate_cell(cfg, cell, n_per_class, fd_samples)
-
-
-# ---- the grid -----------------------------------------------------------------------------------
-def run_grid(cfg: SRDDConfig, cells: Sequence[str], cluster: str | None, n_per_class: int, fd_samples: int,
-             timeout_s: float) -> list[dict[str, Any]]:
-    """Rows of every cell: in this process one after another, or one submitit job per cell."""
-    cfg_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
-    home = str(home_dir().resolve())
-    if cluster is None:
-        return [cell_job(cfg_dict, cell, home, n_per_class, fd_samples) for cell in cells]
-    from slurm.submit import JobsFailedError, make_executor, wait_all
-
-    from pretrain.train.launch import plan
-
-    out_dir = run_dir(cfg) / "ablation"
-    jobs = []
-    for cell in cells:
-        p = plan(cell_config(cfg, cell))  # one rank per cell: the grid is small; wall time from the size table
-        executor = make_executor(cfg, f"srdd-ablate-{cell}", out_dir / "submitit" / "%j", cluster=cluster,
-                                 nodes=1, tasks_per_node=1, gpus_per_node=min(p.gpus_per_node, 1), timeout_min=p.time_min)
-        jobs.append(executor.submit(cell_job, cfg_dict, cell, home, n_per_class, fd_samples))
-        log.info("submitted %s as job %s", cell, jobs[-1].job_id)
-    try:
-        return wait_all(jobs, timeout_s=timeout_s)
-    except JobsFailedError as err:
-        log.error("%s", err)
-        failed = {job.job_id for job in jobs if job.job_id in err.failures}
-        return [{"cell": cell, "status": "failed"} if job.job_id in failed else job.result()
-                for cell, job in zip(cells, jobs)]
-
-
+# ---- the table ---------------------------------------------------------------------------------
 def write_table(out_dir: Path, rows: list[dict[str, Any]], notes: dict[str, Any]) -> Path:
     """``ablation.csv`` (one row per cell: COLUMNS, then val_loss_s<k>, then any others) and ``ablation.json``."""
     seen = list(dict.fromkeys(k for r in rows for k in r))
@@ -254,41 +197,3 @@ def paper_comparison(effects: Any, metric: str = "fd") -> list[str]:
         lines.append(f"{lever}: {metric} {r['difference']} = {r['mean']:.4g} (mean of {r['pairs']} pairs, {spread}: {a} "
                      f"lower in {r['first_wins']}) -> {ours} better here; paper: {claim} -> {verdict}.")
     return lines
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cells", default="all", help="comma-separated space-codes-bands cells (default: all 8)")
-    parser.add_argument("--n-per-class", type=int, default=4, help="images per class in each <cell>.png")
-    parser.add_argument("--fd-samples", type=int, default=None, help="generated images for FD (default eval.n_samples; 0 = skip)")
-    parser.add_argument("--cluster", choices=["slurm", "local", "debug"], default=None,
-                        help="submitit: one job per cell (default: slurm if slurm.enabled, else cells run in this process)")
-    parser.add_argument("--timeout-s", type=float, default=7 * 24 * 3600)
-
-
-def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
-    from pretrain.pyramid.codec import check_sampling
-
-    cells = parse_cells(args.cells)
-    for cell in cells:
-        check_sampling(cell_config(cfg, cell))  # e.g. sample.refine with continuous codes: refused up front
-    if any(c.startswith("latent") for c in cells):
-        from pretrain.tokenizer import default_tokenizer_path
-
-        if not Path(default_tokenizer_path(cfg)).is_file():
-            raise ConfigError(f"tokenizer.ckpt: no tokenizer at {default_tokenizer_path(cfg)} for the latent cells; "
-                              "train one (srdd tokenizer-train run_name=tokenizer) or pass --cells with pixel cells only")
-    out_dir = run_dir(cfg) / "ablation"
-    save_config(cfg, out_dir)
-    cluster = args.cluster or ("slurm" if cfg.slurm.enabled else None)
-    fd_samples = cfg.eval.n_samples if args.fd_samples is None else args.fd_samples
-    rows = run_grid(cfg, cells, cluster, args.n_per_class, fd_samples, args.timeout_s)
-    notes = {"loss": "final_loss/val_loss_s<k>: validation loss per token; units differ by codes and space (loss_unit): "
-                     "compare losses within a (space, codes) pair only, FD and samples across all cells",
-             "flops": "sampling forward FLOPs per image (CFG doubles the rows); train flops: column flops_train",
-             "latency_s": "wall seconds of one sample() call for latency_batch images on this machine",
-             "fd": next((r["fd_note"] for r in rows if r.get("fd_note")), "FD with the eval area's feature network")}
-    table = write_table(out_dir, rows, notes)
-    done = sum(r.get("status") == "completed" for r in rows)
-    print(f"{table}: {len(rows)} cells, {done} completed")
-    print(json.dumps([{k: r.get(k) for k in ("cell", "final_loss", "fd", "latency_s")} for r in rows], indent=1))
-    return 0 if done == len(rows) else 1

@@ -53,7 +53,7 @@ def quality_metrics(net: Any, ref: Any, feats_ND: np.ndarray, probs_NC: np.ndarr
 
 def update_runs_csv(path: Path, run: str, values: dict[str, Any]) -> bool:
     """Set ``values`` as columns of ``run``'s row; False when the table or the row does not exist."""
-    from pretrain.train.runs_table import write_runs_csv
+    from analysis.runs_table import write_runs_csv
 
     if not path.is_file():
         return False

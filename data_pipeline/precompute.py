@@ -34,7 +34,7 @@ from data_pipeline.pyramid_format import FORMAT, pack, token_dtype
 from data_pipeline.shards import Tally
 from data_pipeline.sources import expand_pattern, sample_image, sample_label
 from data_pipeline.tario import file_sha256, read_tar, write_tar
-from pretrain.config import SRDDConfig, home_dir
+from pretrain.config import SRDDConfig
 from pretrain.config.fields import ConfigError
 from pretrain.outputs import atomic_write_json, save_config
 
@@ -257,18 +257,6 @@ def _source_classes(shards_directory: Path) -> dict[str, Any]:
 
 
 # ---- the stage ----------------------------------------------------------------------------------
-def submit(cfg: SRDDConfig, pattern: str, tokenizer_path: str, out: str) -> list[dict[str, Any]]:
-    """One submitit job array of cfg.slurm.array_tasks tasks, each precomputing its slice."""
-    from slurm.submit import make_executor, wait_all
-
-    n = min(cfg.slurm.array_tasks, len(input_shards(pattern)))
-    folder = Path(cfg.slurm.log_dir or home_dir() / "slurm_logs") / "pyramids-%j"
-    executor = make_executor(cfg, "pyramids", folder, tasks_per_node=1, nodes=1, gpus_per_node=0)
-    jobs = executor.map_array(run_slice, [cfg] * n, [pattern] * n, [tokenizer_path] * n, [out] * n, range(n), [n] * n)
-    log.info("submitted %d pyramid tasks: %s", n, ", ".join(j.job_id for j in jobs))
-    return wait_all(jobs, timeout_s=60 * (cfg.slurm.time_min or 60))
-
-
 def summary(stats: list[dict[str, Any]], out: str) -> str:
     written = sum(s["written"] for s in stats)
     shards = sum(s["shards"] for s in stats)
@@ -286,7 +274,9 @@ def summary(stats: list[dict[str, Any]], out: str) -> str:
     return f"{line}; {rate:.1f} pyramids/s -> {out}"
 
 
-def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
+def resolve_inputs(cfg: SRDDConfig, args: argparse.Namespace) -> tuple[str, str, str]:
+    """(shards pattern, tokenizer file, output directory) from the flags and ``cfg``, which the
+    flags update (``--tokenizer`` sets tokenizer.ckpt, ``--out`` data.pyramids_dir)."""
     from pretrain.tokenizer import default_tokenizer_path
 
     if getattr(args, "tokenizer", None):
@@ -294,15 +284,18 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     if getattr(args, "out", None):
         cfg.data.pyramids_dir = str(args.out)
     pattern = getattr(args, "shards", None) or str(shards_dir(cfg))
-    tok, out = default_tokenizer_path(cfg), str(pyramids_dir(cfg))
+    tok = default_tokenizer_path(cfg)
     if not tok.is_file():
         raise ConfigError(f"tokenizer.ckpt={str(tok)!r}: no such file; train one (`srdd tokenizer-train`) or pass --tokenizer")
+    return pattern, str(tok), str(pyramids_dir(cfg))
+
+
+def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
+    """This process's slice (``--task-index`` of ``--task-count``); the SLURM array that runs every
+    slice is slurm/pyramids.py (``srdd pyramids slurm.enabled=true``)."""
+    pattern, tok, out = resolve_inputs(cfg, args)
     index, count = getattr(args, "task_index", 0), getattr(args, "task_count", 1)
     if not 0 <= index < count:
         raise ConfigError(f"--task-index {index} must be in [0, --task-count {count})")
-    if cfg.slurm.enabled:
-        stats = submit(cfg, pattern, str(tok), out)
-    else:
-        stats = [run_slice(cfg, pattern, str(tok), out, index, count)]
-    log.info(summary(stats, out))
+    log.info(summary([run_slice(cfg, pattern, tok, out, index, count)], out))
     return 0

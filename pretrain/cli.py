@@ -29,7 +29,7 @@ class Stage:
 # Stage name -> where it lives. Names are a public contract: add, never rename.
 STAGES: dict[str, Stage] = {
     "shards": Stage("data_pipeline.shards", "write WebDataset image shards from mnist | folder:PATH | tars:PATTERN | tar:PATH | cifar10:DIR | fashion-mnist[:DIR]  [data_pipeline/shards.py]"),
-    "pyramids": Stage("data_pipeline.precompute", "precompute code-pyramid shards with tokenization workers  [data_pipeline/precompute.py]"),
+    "pyramids": Stage("slurm.pyramids", "precompute code-pyramid shards with tokenization workers, here or as a SLURM array  [slurm/pyramids.py]"),
     "tokenizer-train": Stage("pretrain.tokenizer.train", "train the multi-scale residual VQ-VAE  [pretrain/tokenizer/train.py]"),
     "import-var": Stage("pretrain.import_var", "import/validate VAR's official vae/var checkpoints  [pretrain/import_var.py]"),
     "sizes": Stage("pretrain.model.report", "print parameter counts of the size table  [pretrain/model/report.py]"),
@@ -43,8 +43,8 @@ STAGES: dict[str, Stage] = {
     "fid": Stage("analysis.fid", "FID-inception between two image sets (sources or samples.npz)  [analysis/fid.py]"),
     "fit": Stage("analysis.scaling.cli", "fit scaling laws to a runs table  [analysis/scaling/cli.py]"),
     "report": Stage("analysis.report", "execute the report notebook into HTML  [analysis/report.py]"),
-    "ablate": Stage("analysis.ablate", "run the Laplacian-pyramid 2x2x2 ablation grid  [analysis/ablate.py]"),
-    "demo": Stage("pretrain.demo", "the whole study end to end on the embedded default  [pretrain/demo.py]"),
+    "ablate": Stage("slurm.ablate", "run the Laplacian-pyramid 2x2x2 ablation grid  [slurm/ablate.py]"),
+    "demo": Stage("slurm.demo", "the whole study end to end on the embedded default  [slurm/demo.py]"),
 }
 
 

@@ -68,6 +68,13 @@ class LocalCluster:
         env = {"SLURM_CONF": str(conf), "PATH": with_standin_path(os.environ.get("PATH", ""))}
         return cls(conf=conf, logs_dir=directory / "jobs", env=env)
 
+    @classmethod
+    def from_env(cls) -> "LocalCluster":
+        """The cluster this process's environment points at (``SLURM_CONF``, else the site's
+        default config), without starting anything: the handle orchestration submits through."""
+        conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+        return cls(conf=conf, logs_dir=state_dir() / "jobs", env={"PATH": with_standin_path(os.environ.get("PATH", ""))})
+
     def activate(self, monkeypatch) -> None:
         """Point this process at the cluster (SLURM_CONF, the sacct stand-in on PATH) for one test;
         needed where the test process itself calls SLURM, as submitit does."""

@@ -1,10 +1,11 @@
-"""submitit plumbing shared by the stages that submit Python functions (pyramids, sweep, demo).
+"""submitit plumbing shared by everything that submits Python functions (training runs through
+slurm/runs.py, the pyramid precompute array, the ablation grid's scoring array).
 
     executor = make_executor(cfg, "pyramids", folder, tasks_per_node=1)
     jobs = executor.map_array(encode_shard, shard_ids)       # a SLURM job array
     results = wait_all(jobs, timeout_s=3600)                  # raises JobsFailedError naming the dead
 
-Resources come from `cfg.slurm` (see slurm/config.py); keyword overrides are submitit AutoExecutor
+Resources come from `cfg.slurm` (pretrain/config/slurm.py); keyword overrides are submitit AutoExecutor
 parameters and win. On the local cluster there is no slurmdbd: submitit polls `sacct`, which
 resolves to the stand-in in slurm/bin/ (make_executor puts it on PATH), so a killed job is
 reported CANCELLED instead of leaving submitit waiting forever.
@@ -52,7 +53,8 @@ def executor_parameters(cfg: SRDDConfig, name: str) -> dict[str, Any]:
         "tasks_per_node": gpus if gpus > 0 else s.ranks_per_node,
         "cpus_per_task": s.cpus_per_task,
         "slurm_array_parallelism": s.array_parallelism,
-        # SIGUSR1 this long before the limit: submitit checkpoints and requeues the job.
+        # SIGUSR2 to every task this long before the limit: a training run checkpoints and requeues
+        # (slurm/runs.py); other jobs get submitit's own handler.
         "slurm_signal_delay_s": s.signal_s,
     }
     for key in ("partition", "account", "qos"):

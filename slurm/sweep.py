@@ -4,28 +4,28 @@
     python slurm/sweep.py --name iso --sizes d1 d2 d3 --flops 1e11 3e11     # isoFLOP grid
     python slurm/sweep.py ... --cluster local train.batch_size=16           # no SLURM: subprocesses
 
-Each run trains with ``srdd train`` semantics (run ``<name>/<size>-<mask>-<tokens>`` under
-SRDD_HOME, resumable) as one submitit job with the size's resources (pretrain/sizes.py,
-``slurm.*`` overrides), one task per rank. With ``--flops C`` a size gets the token budget
+Each run (``<name>/<size>-<mask>-<tokens>`` under SRDD_HOME, resumable) is submitted by the one
+submit function (slurm/runs.py): on SLURM one job per run with the size's resources
+(pretrain/sizes.py, ``slurm.*`` overrides; ``slurm.launcher``: a submitit job with one task per
+rank, or ``sbatch slurm/train_size.sh``), else ``srdd train`` on this machine, one run after
+another. With ``--flops C`` a size gets the token budget
 ``C / train_flops_per_token(size)``. When all jobs are final, ``<SRDD_HOME>/<name>/runs.csv``
-lists every run (columns: pretrain/train/runs_table.py). Finished runs are skipped, so
-rerunning the same command completes an interrupted sweep.
+lists every run (columns: analysis/runs_table.py; ``status`` from slurm.runs.run_status).
+Completed runs are skipped, so rerunning the same command completes an interrupted sweep.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from omegaconf import OmegaConf
-
+from analysis.runs_table import run_row, write_runs_csv
 from pretrain.config import SRDDConfig, home_dir
-from pretrain.train.launch import plan, size_config
-from pretrain.train.runs_table import run_row, write_runs_csv
+from pretrain.outputs import run_dir
+from slurm.launch import size_config
+from slurm.runs import train_runs
 
 log = logging.getLogger("srdd.sweep")
 
@@ -59,49 +59,11 @@ def grid(name: str, sizes: Sequence[str], masks: Sequence[str], tokens: Sequence
     return cfgs
 
 
-def train_job(cfg_dict: dict[str, Any], srdd_home: str) -> dict[str, Any]:
-    """Body of one submitit job (runs in every task = rank): env -> srdd train -> its table row."""
-    os.environ["SRDD_HOME"] = srdd_home
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import submitit
-
-    if "RANK" not in os.environ:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    from pretrain.train.export import config_from_dict
-    from pretrain.train.loop import main
-
-    cfg = config_from_dict(cfg_dict)
-    main(cfg, argparse.Namespace())
-    return run_row(home_dir() / cfg.run_name)
-
-
-def run_sweep(cfgs: Sequence[SRDDConfig], table: Path, cluster: str | None, timeout_s: float,
-              poll_s: float = 2.0) -> list[dict[str, Any]]:
-    """Submit the unfinished runs, wait for all, write ``table``; returns its rows."""
-    from slurm.submit import job_succeeded, make_executor
-
-    home = str(home_dir().resolve())
-    jobs = []
-    for cfg in cfgs:
-        if (home_dir() / cfg.run_name / "final.json").exists():
-            continue
-        p = plan(cfg)
-        executor = make_executor(cfg, f"srdd-{cfg.run_name.replace('/', '-')}", table.parent / "submitit" / "%j",
-                                 cluster=cluster, nodes=p.nodes, gpus_per_node=p.gpus_per_node,
-                                 tasks_per_node=p.ranks_per_node, timeout_min=p.time_min)
-        job = executor.submit(train_job, OmegaConf.to_container(OmegaConf.structured(cfg)), home)
-        log.info("submitted %s as job %s", cfg.run_name, job.job_id)
-        jobs.append((cfg.run_name, job))
-    # Not slurm.submit.wait_all: it reads job.result(), which submitit refuses for multi-task
-    # (multi-rank) jobs. A run's outcome is on disk anyway (final.json); the job state names failures.
-    deadline = time.monotonic() + timeout_s
-    while not all(job.done() for _, job in jobs):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"sweep unfinished after {timeout_s:.0f} s: " +
-                               ", ".join(f"{run} ({job.state})" for run, job in jobs if not job.done()))
-        time.sleep(poll_s)
-    statuses = {run: "failed" for run, job in jobs if not job_succeeded(job) and not (home_dir() / run / "final.json").exists()}
-    rows = [run_row(home_dir() / cfg.run_name, statuses.get(cfg.run_name)) for cfg in cfgs]
+def run_sweep(cfgs: Sequence[SRDDConfig], table: Path, timeout_s: float) -> list[dict[str, Any]]:
+    """Bring every run to completion (slurm/runs.py: completed runs skipped, the others submitted),
+    then write ``table``; returns its rows."""
+    statuses = train_runs(cfgs, timeout_s=timeout_s)
+    rows = [run_row(run_dir(cfg), statuses[cfg.run_name]) for cfg in cfgs]
     write_runs_csv(table, rows)
     return rows
 
@@ -115,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget.add_argument("--tokens", nargs="+", type=float, default=[], help="token budgets per run")
     budget.add_argument("--flops", nargs="+", type=float, default=[], help="isoFLOP budgets (training FLOPs)")
     parser.add_argument("--cluster", choices=["slurm", "local", "debug"], default=None,
-                        help="default: slurm if slurm.enabled=true else local")
+                        help="slurm: one job per run (slurm.launcher); local|debug: one after another on this "
+                             "machine (default: slurm if slurm.enabled=true else local)")
     parser.add_argument("--timeout-s", type=float, default=7 * 24 * 3600)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, anywhere on the line")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -124,9 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args([a for a in argv if a not in overrides])
     args.overrides = overrides
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.cluster:
+        args.overrides.append(f"slurm.enabled={str(args.cluster == 'slurm').lower()}")
     cfgs = grid(args.name, args.sizes, args.masks, args.tokens, args.flops, args.overrides)
     table = home_dir() / args.name / "runs.csv"
-    rows = run_sweep(cfgs, table, args.cluster, args.timeout_s)
+    rows = run_sweep(cfgs, table, args.timeout_s)
     done = sum(r["status"] == "completed" for r in rows)
     print(f"{table}: {len(rows)} runs, {done} completed")
     return 0 if done == len(rows) else 1

@@ -3,13 +3,15 @@
 #
 #   sbatch slurm/train_size.sh SIZE [key=value ...]   # resources: these headers / sbatch flags
 #   bash   slurm/train_size.sh SIZE [key=value ...]   # outside a job: submits itself with the size
-#                                                     # table's nodes/GPUs/time (pretrain/sizes.py)
+#                                                     # table's nodes/GPUs/time (pretrain/sizes.py) and
+#                                                     # slurm.* (python -m slurm.launch prints the plan)
 #
 # One srun task per node runs torchrun (rendezvous on the first node of the allocation), which
 # starts one rank per GPU, or slurm.ranks_per_node CPU ranks (gloo) when the node has no GPU.
 # SLURM sends SIGUSR1 slurm.signal_s before the time limit (SIGTERM on preemption): the trap
 # touches <run>/PREEMPT, the ranks checkpoint at the next step boundary and leave <run>/REQUEUE,
-# and this script requeues the job, which resumes from that checkpoint. See docs/training.md.
+# and this script requeues the job, which resumes from that checkpoint (the one preemption protocol
+# of every launcher: slurm/runs.py). See docs/training.md.
 #SBATCH --job-name=srdd-train
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
@@ -33,15 +35,13 @@ PYTHON=${SRDD_PYTHON:-$REPO/.venv/bin/python}
 cd "$REPO"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-# RUN_NAME RUN_DIR NODES GPUS_PER_NODE RANKS_PER_NODE TIME_MIN SIGNAL_S
-eval "$("$PYTHON" -m pretrain.train.launch "$SIZE" "$@")"
+# RUN_NAME RUN_DIR NODES GPUS_PER_NODE RANKS_PER_NODE TIME_MIN SIGNAL_S SBATCH_OPTIONS
+eval "$("$PYTHON" -m slurm.launch "$SIZE" "$@")"
 
 if [[ -z ${SLURM_JOB_ID:-} ]]; then
-    gres=()
-    [[ $GPUS_PER_NODE -gt 0 ]] && gres=(--gpus-per-node="$GPUS_PER_NODE")
+    eval "options=($SBATCH_OPTIONS)"   # the plan's nodes/time/GPUs/signal + slurm.partition/account/qos/cpus
     mkdir -p "$RUN_DIR"
-    exec sbatch --job-name="srdd-$RUN_NAME" --nodes="$NODES" --time="$TIME_MIN" \
-        --signal="B:USR1@$SIGNAL_S" --output="$RUN_DIR/slurm-%j.out" "${gres[@]}" "$0" "$SIZE" "$@"
+    exec sbatch "${options[@]}" --output="$RUN_DIR/slurm-%j.out" "$0" "$SIZE" "$@"
 fi
 
 nodes=${SLURM_JOB_NUM_NODES:-1}

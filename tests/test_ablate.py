@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from analysis.ablate import CELLS, main, parse_cells
+from analysis.ablate import CELLS, parse_cells
+from slurm.ablate import main
 from pretrain.config import load_config
 from pretrain.config.fields import ConfigError
 from pretrain.outputs import read_jsonl
@@ -87,16 +88,20 @@ def test_bad_requests_are_refused_by_name(srdd_home):
         main(load_config(overrides=[f"tokenizer.ckpt={srdd_home / 'none.pt'}"]), args(cells="latent-continuous-absolute"))
 
 
+@pytest.mark.slurm
 @pytest.mark.slow
-def test_submitit_job_per_cell(srdd_home, mnist_shards):
-    """The sweep path: one submitit job (local executor: a real subprocess) per cell, same table."""
-    cfg = load_config(overrides=["run_name=sub", *TINY, f"data.shards_dir={mnist_shards}"])
-    assert main(cfg, args(cells="pixel-discrete-absolute", cluster="local")) == 0
+def test_cells_on_slurm_train_as_jobs_and_score_as_an_array(slurm_cluster, monkeypatch, srdd_home, mnist_shards):
+    """--cluster slurm: each cell's run is one submitit job (slurm/runs.py), its scoring one array task."""
+    slurm_cluster.activate(monkeypatch)
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore::FutureWarning")
+    cfg = load_config(overrides=["run_name=sub", *TINY, f"data.shards_dir={mnist_shards}", "slurm.cpus_per_task=1"])
+    assert main(cfg, args(cells="pixel-discrete-absolute", cluster="slurm")) == 0
     out = srdd_home / "sub" / "ablation"
     (row,) = csv.DictReader(open(out / "ablation.csv"))
     assert row["cell"] == "pixel-discrete-absolute" and row["status"] == "completed"
     assert row["fd"] == "" and "fd-samples 0" in row["fd_note"]  # FD skipped: said so, column empty
-    assert list(out.glob("submitit/*/*_result.pkl")) and (out / "pixel-discrete-absolute.png").is_file()
+    assert list((out / "pixel-discrete-absolute" / "submitit").glob("*_0_result.pkl"))  # trained as a job
+    assert list((out / "submitit").glob("*/*_result.pkl")) and (out / "pixel-discrete-absolute.png").is_file()
 
 
 def test_lever_effects_pair_cells_that_differ_in_one_lever():

@@ -13,7 +13,7 @@ from analysis.metrics.cnn import ClassifierCNN, save_classifier
 from analysis.metrics.networks import FeatureNet
 from analysis.metrics.reference import reference_for
 from pretrain.config import load_config
-from pretrain.train.runs_table import write_runs_csv
+from analysis.runs_table import write_runs_csv
 
 
 def test_quality_metrics_are_named_by_network_and_match_the_functions(tmp_path):

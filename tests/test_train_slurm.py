@@ -6,28 +6,18 @@ import csv
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from pretrain.outputs import read_jsonl
 from slurm.cluster import FINAL_STATES
+from tests.plugins.slurm_cluster import release_requeued, wait_for
 
 
 def _overrides(pyramid_shards: Path, tiny_tokenizer_ckpt: Path) -> list[str]:
     return [f"tokenizer.ckpt={tiny_tokenizer_ckpt}", f"data.pyramids_dir={pyramid_shards}", "train.batch_size=8",
             "train.val_batches=2", "train.num_workers=0", "train.wandb=disabled", "train.lr_peak=3e-3"]
-
-
-def _wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 @pytest.mark.slurm
@@ -47,19 +37,9 @@ def test_sbatch_train_size_survives_sigterm_by_checkpoint_and_requeue(slurm_clus
         assert state not in FINAL_STATES, f"job {job} is {state}: {log.read_text()[-3000:] if log.exists() else ''}"
         return len(read_jsonl(run / "metrics.jsonl")) >= 3
 
-    _wait_for(started, 240, "the first training steps")
-
-    def scontrol(*cmd: str) -> str:
-        return subprocess.run(["scontrol", *cmd], capture_output=True, text=True, env=slurm_cluster.full_env()).stdout
-
+    wait_for(started, 240, "the first training steps")
     subprocess.run(["scancel", "--batch", "--signal=TERM", job], check=True, env=slurm_cluster.full_env())
-    # SLURM keeps a requeued job ineligible for ~2 minutes (BeginTime); make it eligible sooner. Not at
-    # once: slurmd revokes the first run's credential, and refuses any credential of this job created
-    # in the same second ("Job credential revoked", the job FAILS), so let the clock pass it.
-    _wait_for(lambda: re.search(r"Restarts=1\b", scontrol("show", "job", job)) and "JobState=PENDING" in
-              scontrol("show", "job", job), 120, "the requeue")
-    time.sleep(2.0)
-    scontrol("update", f"jobid={job}", "StartTime=now")
+    release_requeued(slurm_cluster, job)
     assert slurm_cluster.wait(job, timeout_s=240) == "COMPLETED", log.read_text()[-3000:]
 
     text = log.read_text()
@@ -76,7 +56,7 @@ def test_sbatch_train_size_survives_sigterm_by_checkpoint_and_requeue(slurm_clus
 
 def test_isoflop_grid_gives_tokens_from_flops_per_token():
     from slurm.sweep import grid, train_flops_per_token
-    from pretrain.train.launch import size_config
+    from slurm.launch import size_config
 
     cfgs = grid("iso", ["d1", "d2"], ["var", "srdd"], [], [1e10], [])
     assert [c.run_name.split("/")[1].rsplit("-", 1)[0] for c in cfgs] == ["d1-var", "d1-srdd", "d2-var", "d2-srdd"]

@@ -1,7 +1,8 @@
 """Preemption: a stop request from a signal or from a flag file, acted on at a step boundary.
 
 SLURM sends SIGUSR1 ``slurm.signal_s`` before the time limit (``--signal=B:USR1@S``, to the
-batch shell) and SIGTERM on preemption or scancel. A signal may reach the training processes
+batch shell of slurm/train_size.sh), SIGUSR2 to every task of a submitit job (submitit's
+``--signal=USR2@S``) and SIGTERM on preemption or scancel. A signal may reach the training processes
 directly, or only the batch shell, whose trap then touches ``<run>/PREEMPT`` (that works on
 every node without knowing process ids, as the run directory is shared). The handler only
 sets a flag: the loop checks it between steps, all ranks agree via an all-reduce, the run
@@ -17,13 +18,13 @@ from types import FrameType
 
 log = logging.getLogger("srdd.train")
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 FLAG_FILE = "PREEMPT"
 REQUEUE_FILE = "REQUEUE"
 
 
 class StopRequest:
-    """Install handlers for SIGUSR1/SIGTERM; ``requested()`` is this rank's local view."""
+    """Install handlers for SIGUSR1/SIGUSR2/SIGTERM; ``requested()`` is this rank's local view."""
 
     def __init__(self, run_dir: Path):
         self.flag = Path(run_dir) / FLAG_FILE

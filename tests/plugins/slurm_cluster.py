@@ -5,6 +5,9 @@
                                       env={"SOME": "value"}, timeout_s=300)   # waits, raises if failed
         slurm_cluster.job_state(job_id)   # "COMPLETED"
         slurm_cluster.activate(monkeypatch)  # SLURM_CONF + sacct stand-in in os.environ (submitit)
+        release_requeued(slurm_cluster, job_id)  # after a requeue: let the job start again now
+
+Also ``wait_for(predicate, timeout_s, what)``: poll until predicate() is truthy, return its value.
 
 Attributes: .conf (Path of slurm.conf), .env (SLURM_CONF and PATH for subprocesses), .logs_dir.
 The cluster is started once (or reused if already up) and left running for later sessions.
@@ -12,13 +15,16 @@ The cluster is started once (or reused if already up) and left running for later
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import time
 import shutil
 
 import pytest
 
 from slurm.cluster import LocalCluster, SlurmError
 
-__all__ = ["slurm_cluster"]
+__all__ = ["release_requeued", "slurm_cluster", "wait_for"]
 
 
 def _cannot_run_reason() -> str | None:
@@ -40,3 +46,32 @@ def slurm_cluster() -> LocalCluster:
         if "apt-get" in str(err) and "Could not resolve" in str(err):
             pytest.skip(f"SLURM is not installed and apt cannot reach its mirrors: {err}")
         raise
+
+
+def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
+    """predicate()'s first truthy value, polled every poll_s; AssertionError naming `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def release_requeued(cluster: LocalCluster, job_id: str, timeout_s: float = 120) -> None:
+    """Wait until the job is requeued (pending, Restarts=1), then make it eligible at once.
+
+    SLURM keeps a requeued job ineligible for ~2 minutes (BeginTime). Not at once: slurmd revokes
+    the first run's credential, and refuses any credential of this job created in the same second
+    ("Job credential revoked", the job FAILS), so the clock must pass that second first.
+    """
+    def show() -> str:
+        return subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True,
+                              env=cluster.full_env()).stdout
+
+    wait_for(lambda: re.search(r"Restarts=1\b", text := show()) and "JobState=PENDING" in text, timeout_s,
+             f"the requeue of job {job_id}")
+    time.sleep(2.0)
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True, env=cluster.full_env(),
+                   capture_output=True)

@@ -7,9 +7,11 @@ bench -> executed HTML report.
 
 Every stage runs as its own ``srdd`` subprocess (the same entry points a cluster job
 uses), so a crash in one stage cannot poison the next, and each stage is skipped when
-its output is complete: rerunning the demo resumes it. With ``slurm.enabled=true`` the
-pyramid precompute runs as a SLURM array (submitit) and every training run as
-``sbatch slurm/train_size.sh SIZE ...`` on the cluster named by ``SLURM_CONF``.
+its output is complete: rerunning the demo resumes it. The training runs go through the one
+submit function (slurm/runs.py: ``srdd train`` here, one after another; with
+``slurm.enabled=true`` one job per run on the cluster named by ``SLURM_CONF``, as a submitit job
+or ``sbatch slurm/train_size.sh SIZE ...`` per ``slurm.launcher``), and the pyramid precompute
+runs as a SLURM array (submitit).
 Dotlist overrides given to ``srdd demo`` are passed on to every stage.
 """
 from __future__ import annotations
@@ -27,10 +29,11 @@ from typing import Callable
 
 import pandas as pd
 
-from pretrain.config import SRDDConfig, home_dir
+from pretrain.config import SRDDConfig, home_dir, load_config
+from pretrain.outputs import run_dir
+from slurm.cluster import REPO
 
 log = logging.getLogger("srdd.demo")
-REPO = Path(__file__).resolve().parents[1]
 
 # Tiny transformers need a far larger lr than VAR's 1e-4 * batch/256 to learn in a few
 # hundred steps; these are the demo's training defaults (user overrides come after them).
@@ -133,43 +136,32 @@ def stage_eval_net(study: Study, cfg: SRDDConfig) -> bool:
     return True
 
 
-def _train_overrides(study: Study, size: str, mask: str) -> list[str]:
-    return [*TRAIN_DEFAULTS, f"run_name={study.run(size, mask)}", f"model.size={size}", f"model.mask={mask}",
-            f"train.tokens={study.tokens}"]
+def train_config(study: Study, size: str, mask: str) -> SRDDConfig:
+    """One training run of the study: the demo's defaults, one rank (on the local cluster a job
+    takes one CPU, so two run side by side), then the user's overrides."""
+    cluster = ["slurm.cpus_per_task=1"] if study.slurm else []
+    return load_config(overrides=[*TRAIN_DEFAULTS, "slurm.ranks_per_node=1", *cluster, f"run_name={study.run(size, mask)}",
+                                  f"model.size={size}", f"model.mask={mask}", f"train.tokens={study.tokens}",
+                                  *study.overrides])
 
 
 def stage_train(study: Study, cfg: SRDDConfig) -> bool:
-    from pretrain.train.runs_table import run_row, write_runs_csv
+    """Every size x mask through the one submit function (slurm/runs.py), then ``runs.csv``."""
+    from analysis.runs_table import run_row, write_runs_csv
+    from slurm.runs import COMPLETED, run_status, train_runs
 
-    todo = [(s, m) for s in study.sizes for m in study.masks
-            if not (home_dir() / study.run(s, m) / "final.json").exists()]
-    if study.slurm:
-        _train_on_slurm(study, todo)
-    else:
-        for size, mask in todo:
-            _srdd(study, "train", *_train_overrides(study, size, mask))
-    write_runs_csv(study.root / "runs.csv", [run_row(home_dir() / r) for r in study.runs])
+    cfgs = [train_config(study, s, m) for s in study.sizes for m in study.masks]
+    todo = [c.run_name for c in cfgs if run_status(run_dir(c), c) != COMPLETED]
+    statuses = train_runs(cfgs, timeout_s=3 * 3600)
+    write_runs_csv(study.root / "runs.csv", [run_row(run_dir(c), statuses[c.run_name]) for c in cfgs])
+    failed = {run: status for run, status in statuses.items() if status != COMPLETED}
+    if failed:
+        raise SystemExit(f"srdd demo: training runs did not complete: {failed} (logs: the runs' directories)")
     return bool(todo)
 
 
-def _train_on_slurm(study: Study, todo: list[tuple[str, str]]) -> None:
-    """One ``sbatch slurm/train_size.sh SIZE`` per run (one CPU rank each on the local cluster), then wait."""
-    from slurm.cluster import LocalCluster
-
-    cluster = LocalCluster.from_env()
-    jobs = []
-    for size, mask in todo:
-        args = [*_train_overrides(study, size, mask), "slurm.ranks_per_node=1", *study.overrides]
-        jobs.append(cluster.sbatch(REPO / "slurm" / "train_size.sh", size, *args,
-                                   sbatch_args=("--cpus-per-task=1",), wait=False))
-    for job in jobs:
-        state = cluster.wait(job, timeout_s=3 * 3600)
-        if state != "COMPLETED":
-            raise SystemExit(f"srdd demo: training job {job} ended {state}: {cluster.describe_failure(job)}")
-
-
 def stage_distill(study: Study, cfg: SRDDConfig) -> bool:
-    if (home_dir() / study.distilled / "model.pt").exists():
+    if (home_dir() / study.distilled / "model.pt").exists():  # distillation writes no final.json
         return False
     teacher = study.run(study.sizes[-1], "srdd")
     _srdd(study, "distill", "--teacher", teacher, f"run_name={study.distilled}", *TRAIN_DEFAULTS[:3],

@@ -1,9 +1,9 @@
 """The runs table: one CSV row per training run, what the scaling fits read (contract columns).
 
 ``run,size,mask,params,non_embedding_params,tokens,flops,train_loss,val_loss,
-val_loss_s0..val_loss_s{K-1},status``. A finished run (``final.json`` present) is
-``completed``; a run with checkpoints but no final.json is ``incomplete`` (rerun its command
-to resume it), one with neither is ``failed`` (or whatever status the caller knows better).
+val_loss_s0..val_loss_s{K-1},status``. The numbers come from the run directory (final.json, the
+last records of metrics.jsonl); ``status`` from whoever ran it: the orchestration's completion
+check (slurm.runs.run_status: completed | incomplete | failed | stale).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ BASE_COLUMNS = ["run", "size", "mask", "params", "non_embedding_params", "tokens
                 "train_loss", "val_loss"]
 
 
-def run_row(run_dir: Path, status: str | None = None) -> dict[str, Any]:
+def run_row(run_dir: Path, status: str) -> dict[str, Any]:
     """Row of one run directory, from final.json and the last train/val records of metrics.jsonl."""
     run_dir = Path(run_dir)
     final_path = run_dir / "final.json"
@@ -37,8 +37,6 @@ def run_row(run_dir: Path, status: str | None = None) -> dict[str, Any]:
     }
     for k, v in enumerate(final.get("val_loss_per_scale", last["val"].get("loss_per_scale", []))):
         row[f"val_loss_s{k}"] = v
-    if status is None:
-        status = "completed" if final else ("incomplete" if (run_dir / "checkpoints").is_dir() else "failed")
     row["status"] = status
     return row
 

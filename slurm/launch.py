@@ -1,6 +1,7 @@
-"""Resources and run name of one training job, shared by slurm/train_size.sh and slurm/sweep.py.
+"""Resources and run name of one training job: what ``slurm/train_size.sh`` and the submit
+function (slurm/runs.py) ask the cluster for.
 
-    python -m pretrain.train.launch d2 model.mask=srdd     # prints shell assignments
+    python -m slurm.launch d2 model.mask=srdd     # prints shell assignments (train_size.sh evals them)
 
 Nodes, GPUs per node and wall time come from ``slurm.*`` when set, else from the size table
 (pretrain/sizes.py). With no GPUs the job runs ``slurm.ranks_per_node`` CPU ranks per node
@@ -51,15 +52,27 @@ def plan(cfg: SRDDConfig) -> Plan:
                 time_min=s.time_min or size.time_min, signal_s=s.signal_s)
 
 
+def sbatch_options(cfg: SRDDConfig) -> list[str]:
+    """The sbatch flags of cfg's training job beyond train_size.sh's headers: the plan's
+    resources, and partition / account / qos / CPUs per task from ``slurm.*``."""
+    p, s = plan(cfg), cfg.slurm
+    options = [f"--job-name=srdd-{p.run_name.replace('/', '-')}", f"--nodes={p.nodes}", f"--time={p.time_min}",
+               f"--signal=B:USR1@{p.signal_s}", f"--cpus-per-task={s.cpus_per_task}"]
+    if p.gpus_per_node > 0:
+        options.append(f"--gpus-per-node={p.gpus_per_node}")
+    options += [f"--{key}={getattr(s, key)}" for key in ("partition", "account", "qos") if getattr(s, key)]
+    return options
+
+
 def main(argv: Sequence[str]) -> int:
     if not argv or argv[0] not in SIZES:
-        print(f"usage: python -m pretrain.train.launch SIZE [key=value ...]; SIZE in {list(SIZES)}", file=sys.stderr)
+        print(f"usage: python -m slurm.launch SIZE [key=value ...]; SIZE in {list(SIZES)}", file=sys.stderr)
         return 2
     cfg = size_config(argv[0], argv[1:])
     p = plan(cfg)
     values = {"RUN_NAME": p.run_name, "RUN_DIR": str(run_dir(cfg).resolve()), "NODES": p.nodes,
               "GPUS_PER_NODE": p.gpus_per_node, "RANKS_PER_NODE": p.ranks_per_node,
-              "TIME_MIN": p.time_min, "SIGNAL_S": p.signal_s}
+              "TIME_MIN": p.time_min, "SIGNAL_S": p.signal_s, "SBATCH_OPTIONS": shlex.join(sbatch_options(cfg))}
     print("\n".join(f"{k}={shlex.quote(str(v))}" for k, v in values.items()))
     return 0
 
