@@ -76,8 +76,7 @@ def _sampled_images(model: Any, vae: Any, labels_N: torch.Tensor, cfg: SRDDConfi
 def val_token_metrics(run_cfg: SRDDConfig, model: Any, vae: Any, batch_size: int, max_batches: int) -> dict[str, Any]:
     """Teacher-forced CE / accuracy per scale on the val pyramid shards (the train loop's val pass)."""
     from pretrain.pyramid.codec import build_codec
-    from pretrain.pyramid.data import codes_loader
-    from pretrain.train.data import model_batches
+    from pretrain.train.data import codes_loader, model_batches
     from pretrain.train.step import ScaleStats, evaluate
 
     cpu = torch.device("cpu")
@@ -94,8 +93,8 @@ def val_reference(run_cfg: SRDDConfig, net: Any, batch_size: int, refresh: bool 
     ``<SRDD_HOME>/eval_ref`` and tied to the image shards' manifest (analysis/metrics/reference.py)."""
     from analysis.metrics.reference import reference_for
     from data_pipeline import shards_manifest_path, source_slug
-    from data_pipeline.image_loader import image_loader
-    from data_pipeline.tario import file_sha256
+    from data_pipeline.files import file_sha256
+    from data_pipeline.image_shards.loader import image_loader
 
     manifest_sha256 = file_sha256(shards_manifest_path(run_cfg))
     cache = home_dir() / "eval_ref" / source_slug(run_cfg.data.source) / f"{net.name}-val.npz"

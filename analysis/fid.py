@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def input_fingerprint(spec: str) -> str:
     """sha256 identifying the files behind ``spec``: contents for files, (name, size, mtime) for directories."""
-    from data_pipeline.sources import expand_pattern
-    from data_pipeline.tario import file_sha256
+    from data_pipeline.files import file_sha256
+    from data_pipeline.image_shards.sources import expand_pattern
 
     kind, _, arg = spec.partition(":")
     if spec.endswith(".npz") and ":" not in spec:
@@ -47,7 +47,7 @@ def input_fingerprint(spec: str) -> str:
     elif kind == "tars":
         paths = expand_pattern(arg)
     elif kind == "fashion-mnist" and not arg:
-        from data_pipeline.sources import FASHION_MNIST_DIR
+        from data_pipeline.image_shards.sources import FASHION_MNIST_DIR
         paths = [Path(FASHION_MNIST_DIR)]
     else:
         paths = [Path(arg)] if arg else []
@@ -73,8 +73,8 @@ def spec_images(spec: str, n: int, seed: int) -> Iterator[np.ndarray]:
             raise ConfigError(f"{spec}: 'images' is {images.dtype} {images.shape}, expected uint8 N x H x W x 3")
         yield from images[: n or len(images)]
         return
-    from data_pipeline.images import BadInput
-    from data_pipeline.sources import list_source
+    from data_pipeline.image_shards.decode import BadInput
+    from data_pipeline.image_shards.sources import list_source
 
     listing = list_source(spec)
     done = skipped = 0

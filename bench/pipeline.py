@@ -32,10 +32,10 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from data_pipeline.image_loader import image_loader  # noqa: E402
-from data_pipeline.loader import PyramidLoader  # noqa: E402
-from data_pipeline.precompute import run_slice  # noqa: E402
-from data_pipeline.shards import write_shards  # noqa: E402
+from data_pipeline.image_shards.loader import image_loader  # noqa: E402
+from data_pipeline.image_shards.write import write_shards  # noqa: E402
+from data_pipeline.pyramid_shards.loader import PyramidLoader  # noqa: E402
+from data_pipeline.pyramid_shards.precompute import run_slice  # noqa: E402
 from pretrain.config import SRDDConfig, load_config  # noqa: E402
 
 

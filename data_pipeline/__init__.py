@@ -1,4 +1,7 @@
-"""Data pipeline: image shards, pyramid shards, loaders (docs/data.md)."""
+"""Data pipeline (docs/data.md), one module group per artifact: ``image_shards/`` and
+``pyramid_shards/``. Shared by both: ``files`` (the platform's one I/O module: atomic writes,
+sha256, deterministic tars), ``stream`` (the resumable shard stream both loaders use) and the
+default directories below."""
 from __future__ import annotations
 
 import re

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data_pipeline.tario import Sample, read_tar
+from data_pipeline.files import Sample, read_tar
 
 Decode = Callable[[list[tuple[str, Sample]], int], Any]  # (raw batch, epoch) -> batch
 

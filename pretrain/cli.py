@@ -28,7 +28,7 @@ class Stage:
 
 # Stage name -> where it lives. Names are a public contract: add, never rename.
 STAGES: dict[str, Stage] = {
-    "shards": Stage("data_pipeline.shards", "write WebDataset image shards from mnist | folder:PATH | tars:PATTERN | tar:PATH | cifar10:DIR | fashion-mnist[:DIR]  [data_pipeline/shards.py]"),
+    "shards": Stage("data_pipeline.image_shards.write", "write WebDataset image shards from mnist | folder:PATH | tars:PATTERN | tar:PATH | cifar10:DIR | fashion-mnist[:DIR]  [data_pipeline/image_shards/write.py]"),
     "pyramids": Stage("slurm.pyramids", "precompute code-pyramid shards with tokenization workers, here or as a SLURM array  [slurm/pyramids.py]"),
     "tokenizer-train": Stage("pretrain.tokenizer.train", "train the multi-scale residual VQ-VAE  [pretrain/tokenizer/train.py]"),
     "import-var": Stage("pretrain.import_var", "import/validate VAR's official vae/var checkpoints  [pretrain/import_var.py]"),

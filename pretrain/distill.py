@@ -154,7 +154,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
-    from data_pipeline.loader import PyramidLoader
+    from data_pipeline.pyramid_shards.loader import PyramidLoader
 
     from pretrain.dist import init_distributed
     from pretrain.engine import build_engine

@@ -224,7 +224,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def heldout_batches(cfg: SRDDConfig, n: int) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
     """The first n batches of the validation pyramid shards (data the transformer never trained on)."""
-    from data_pipeline.loader import PyramidLoader
+    from data_pipeline.pyramid_shards.loader import PyramidLoader
 
     out = []
     for label_B, idx_list in PyramidLoader(cfg, split="val", batch_size=cfg.sample.batch_size, infinite=False):

@@ -45,7 +45,7 @@ def find_packaged(spec: PackagedFile) -> Path | None:
 
 @lru_cache(maxsize=None)
 def _checked(path: Path, sha256: str) -> None:
-    from data_pipeline.tario import file_sha256
+    from data_pipeline.files import file_sha256
 
     got = file_sha256(path)
     if got != sha256:

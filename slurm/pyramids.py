@@ -3,8 +3,8 @@
     srdd pyramids --shards DIR --tokenizer CKPT --out DIR                    # every shard, here
     srdd pyramids ... slurm.enabled=true slurm.array_tasks=8                 # 8 submitit array tasks
 
-The per-shard work is data_pipeline/precompute.py (``run_slice``: task i of N encodes shards
-i, i+N, ...; restart-safe and idempotent, docs/data.md); this module only decides where the
+The per-shard work is data_pipeline/pyramid_shards/precompute.py (``run_slice``: task i of N
+encodes shards i, i+N, ...; restart-safe and idempotent, docs/data.md); this module only decides where the
 slices run. On SLURM the array goes through the same executor plumbing as every other
 submitted job (slurm/submit.py) and the stage waits for it; the task that completes the set
 writes ``manifest.json``.
@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from data_pipeline import precompute
+from data_pipeline.pyramid_shards import precompute
 from pretrain.config import SRDDConfig, home_dir
 from pretrain.config.fields import ConfigError
 

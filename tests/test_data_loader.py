@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from data_pipeline.loader import PyramidLoader
+from data_pipeline.pyramid_shards.loader import PyramidLoader
 from data_pipeline.stream import StreamSpec, raw_batches, split_shards
 from pretrain.config import load_config
 

@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from data_pipeline.image_loader import image_loader
-from data_pipeline.loader import PyramidLoader
-from data_pipeline.pyramid_format import unpack_tokens
-from data_pipeline.tario import read_tar, write_tar
+from data_pipeline.files import read_tar, write_tar
+from data_pipeline.image_shards.loader import image_loader
+from data_pipeline.pyramid_shards.format import unpack_tokens
+from data_pipeline.pyramid_shards.loader import PyramidLoader
 from pretrain.cli import main as cli_main
 from pretrain.config import load_config
 from pretrain.tokenizer.checkpoint import build_tokenizer, load_tokenizer, save_tokenizer

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline.image_loader import image_loader
-from data_pipeline.shards import write_shards
-from data_pipeline.tario import file_sha256, read_tar, write_tar
+from data_pipeline.files import file_sha256, read_tar, write_tar
+from data_pipeline.image_shards.loader import image_loader
+from data_pipeline.image_shards.write import write_shards
 from pretrain.cli import main as cli_main
 from pretrain.config import load_config
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline.sources import list_source
-from data_pipeline.tario import read_tar
+from data_pipeline.files import read_tar
+from data_pipeline.image_shards.sources import list_source
 from pretrain.cli import main as cli_main
 
 CIFAR_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"

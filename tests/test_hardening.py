@@ -1,4 +1,4 @@
-"""Hardening across the pipeline (issue 9/9): kills, offline operation, the demo end to end.
+"""Hardening across the pipeline: kills, offline operation, the demo end to end.
 
 Other hardening checks live beside the code they guard: bad-input corpora through shards and
 precompute (tests/test_data_shards.py, tests/test_data_pyramids.py), the NaN/inf guard
@@ -141,7 +141,7 @@ def test_loader_workers_leave_the_global_rng_alone(pyramid_shards):
 
     import torch
 
-    from data_pipeline.loader import PyramidLoader
+    from data_pipeline.pyramid_shards.loader import PyramidLoader
     from pretrain.config import load_config
 
     cfg = load_config(overrides=[f"data.pyramids_dir={pyramid_shards}"])

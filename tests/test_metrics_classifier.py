@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from analysis.metrics.cnn import load_classifier
-from data_pipeline.tario import file_sha256
+from data_pipeline.files import file_sha256
 from pretrain.cli import main
 
 
@@ -33,7 +33,7 @@ def test_eval_net_train_writes_a_hashed_network(mnist_shards, srdd_home, capsys)
 def test_mnist_feature_net_reaches_98_percent_val_accuracy(srdd_home, capsys):
     # The full embedded MNIST (4,500 train / 500 val real digits; the mnist_shards fixture is too small for the bar).
     from data_pipeline import shards_dir
-    from data_pipeline.shards import write_shards
+    from data_pipeline.image_shards.write import write_shards
     from pretrain.config import load_config
 
     write_shards(load_config(), shards_dir(load_config()))

@@ -10,7 +10,7 @@ from analysis.metrics.cnn import ClassifierCNN, load_classifier, save_classifier
 from analysis.metrics.inception import FIDInceptionV3, load_fid_inception
 from analysis.metrics.networks import FeatureNet
 from analysis.metrics.reference import ReferenceMismatch, reference_for
-from data_pipeline.tario import file_sha256
+from data_pipeline.files import file_sha256
 
 
 def test_inception_matches_the_pytorch_fid_parameter_count():

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_pipeline.loader import PyramidLoader
+from data_pipeline.pyramid_shards.loader import PyramidLoader
 from pretrain.config import load_config
 from pretrain.config.fields import ConfigError
 from pretrain.model import build_model

@@ -32,7 +32,7 @@ def vae(tiny_tokenizer_ckpt):
 @pytest.fixture(scope="module")
 def digits(mnist_shards):
     """16 real MNIST digits (32 px, [-1, 1]) and their labels."""
-    from data_pipeline.image_loader import image_loader
+    from data_pipeline.image_shards.loader import image_loader
 
     cfg = load_config(overrides=[f"data.shards_dir={mnist_shards}"])
     return next(image_loader(cfg, "val", batch_size=16, infinite=False))

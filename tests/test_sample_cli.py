@@ -76,7 +76,7 @@ def test_missing_run_is_a_config_error(capsys, srdd_home):
 
 
 def test_edit_inpaint_writes_outputs_and_keeps_known_tokens(run, tiny_tokenizer_ckpt, mnist_shards):
-    from data_pipeline.image_loader import image_loader
+    from data_pipeline.image_shards.loader import image_loader
 
     overrides = [f"data.shards_dir={mnist_shards}", "sample.refine=mr"]
     assert srdd(["edit", "--task", "inpaint", "--ckpt", str(run), "--n", "3", *overrides]) == 0

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_pipeline.tario import file_sha256
+from data_pipeline.files import file_sha256
 from pretrain.outputs import atomic_path
 
 FORMAT = "srdd-eval-net-v1"

@@ -76,8 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
-    from data_pipeline.image_loader import image_loader
-    from data_pipeline.tario import file_sha256
+    from data_pipeline.files import file_sha256
+    from data_pipeline.image_shards.loader import image_loader
 
     torch.manual_seed(cfg.seed)
     manifest_path = shards_manifest_path(cfg)

@@ -18,7 +18,7 @@ from analysis.metrics.checks import MetricInputError
 from analysis.metrics.cnn import load_classifier
 from analysis.metrics.fid_inception import load_fid_inception_net, metric_net_name
 from data_pipeline import source_slug
-from data_pipeline.tario import file_sha256
+from data_pipeline.files import file_sha256
 from pretrain.config.eval import EvalConfig
 from pretrain.config import home_dir
 from pretrain.config.fields import ConfigError

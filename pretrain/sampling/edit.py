@@ -96,7 +96,7 @@ def edit(model: Any, vae: Any, img_B3HW: torch.Tensor, label_B: torch.Tensor, ta
 
 def source_images(cfg: SRDDConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first n validation images (and labels) of the run's image shards: what gets edited."""
-    from data_pipeline.image_loader import image_loader
+    from data_pipeline.image_shards.loader import image_loader
 
     imgs, labels = [], []
     for img, label in image_loader(cfg, split="val", batch_size=n, infinite=False):

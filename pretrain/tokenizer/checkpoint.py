@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from data_pipeline.tario import file_sha256
+from data_pipeline.files import file_sha256
 from pretrain.config import SRDDConfig, home_dir
 from pretrain.outputs import atomic_path
 from pretrain.config.tokenizer import TokenizerConfig

@@ -133,7 +133,7 @@ def validate(vae: MultiScaleVQVAE, batches: Batches, max_batches: int) -> dict[s
 
 
 def main(cfg: SRDDConfig, args: argparse.Namespace | None = None) -> int:
-    from data_pipeline.image_loader import image_stream  # (img_B3HW, label_B) batches, resumable
+    from data_pipeline.image_shards.loader import image_stream  # (img_B3HW, label_B) batches, resumable
 
     tok = cfg.tokenizer
     info = init_distributed()

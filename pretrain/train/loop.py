@@ -28,7 +28,7 @@ from pretrain.outputs import atomic_write_json, run_dir, save_config
 from pretrain.model.flops import train_flops_executed_per_sample, train_flops_per_sample
 from pretrain.train.budget import tokens_per_sample, total_steps
 from pretrain.train.checkpoint import CheckpointManager, check_compatible, frozen_keys, read_meta
-from pretrain.train.data import model_batches
+from pretrain.train.data import codes_loader, model_batches
 from pretrain.train.export import consolidated_state_dict, save_model
 from pretrain.train.metrics import MetricsLogger
 from pretrain.train.signals import REQUEUE_FILE, StopRequest, mark_for_requeue
@@ -108,8 +108,6 @@ class Trainer:
 
     def targets(self, split: str) -> Any:
         """This rank's (label_B, codes per scale) loader: pyramid shards or encoded images (pyramid.data)."""
-        from pretrain.pyramid.data import codes_loader
-
         return codes_loader(self.cfg, self.codec, split, self.micro_batch, self.info.rank, self.info.world_size,
                             device=self.device)
 

@@ -18,7 +18,7 @@ MNIST_SHARDS_OVERRIDES = ["data.limit=360", "data.val_fraction=0.1666667", "data
 @pytest.fixture(scope="session")
 def mnist_shards(tmp_path_factory) -> Path:
     """Image shards dir: train-00000{0,1,2}.tar (300 samples), val-000000.tar (60), manifest.json."""
-    from data_pipeline.shards import write_shards
+    from data_pipeline.image_shards.write import write_shards
     from pretrain.config import load_config
 
     out = tmp_path_factory.mktemp("mnist_shards")
@@ -30,7 +30,7 @@ def mnist_shards(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def pyramid_shards(tmp_path_factory, mnist_shards, tiny_tokenizer_ckpt) -> Path:
     """Pyramid shards of ``mnist_shards`` made with ``tiny_tokenizer_ckpt`` (same names + manifests)."""
-    from data_pipeline.precompute import run_slice
+    from data_pipeline.pyramid_shards.precompute import run_slice
     from pretrain.config import load_config
 
     out = tmp_path_factory.mktemp("pyramid_shards")

@@ -20,12 +20,12 @@ from typing import Any, Iterator
 import numpy as np
 
 from data_pipeline import shards_dir
-from data_pipeline.images import BadInput, encode_image
-from data_pipeline.sources import Item, Listing, expand_pattern, list_source
-from data_pipeline.tario import Sample, file_sha256, write_tar
+from data_pipeline.files import Sample, atomic_write_json, file_sha256, write_tar
+from data_pipeline.image_shards.decode import BadInput, encode_image
+from data_pipeline.image_shards.sources import Item, Listing, expand_pattern, list_source
 from pretrain.config import SRDDConfig
 from pretrain.config.fields import ConfigError
-from pretrain.outputs import atomic_write_json, save_config
+from pretrain.outputs import save_config
 
 log = logging.getLogger("srdd.shards")
 FORMAT = "srdd-shards-v1"

@@ -4,7 +4,7 @@ The VQ encode runs once here instead of in every training step. Worker processes
 (data.num_workers) decode and preprocess images (VAR: shorter side to mid_reso*resolution,
 crop; random crop only with data.random_crop, drawn from (data.seed, key) and stored); the main
 process encodes batches of data.encode_batch with the tokenizer. Each input shard becomes one
-output shard of the same name (format: data_pipeline/pyramid_format.py) plus a manifest
+output shard of the same name (format: data_pipeline/pyramid_shards/format.py) plus a manifest
 ``<name>.json``; ``manifest.json`` sums them once every input shard is done.
 
 Restart safety: a shard is written to a temp name and renamed, then its manifest; a rerun
@@ -29,14 +29,14 @@ import torch
 from tqdm import tqdm
 
 from data_pipeline import pyramids_dir, shards_dir
-from data_pipeline.images import BadInput, decode_image, preprocess, to_pm1
-from data_pipeline.pyramid_format import FORMAT, pack, token_dtype
-from data_pipeline.shards import Tally
-from data_pipeline.sources import expand_pattern, sample_image, sample_label
-from data_pipeline.tario import file_sha256, read_tar, write_tar
+from data_pipeline.files import atomic_write_json, file_sha256, read_tar, write_tar
+from data_pipeline.image_shards.decode import BadInput, decode_image, preprocess, to_pm1
+from data_pipeline.image_shards.sources import expand_pattern, sample_image, sample_label
+from data_pipeline.image_shards.write import Tally
+from data_pipeline.pyramid_shards.format import FORMAT, pack, token_dtype
 from pretrain.config import SRDDConfig
 from pretrain.config.fields import ConfigError
-from pretrain.outputs import atomic_write_json, save_config
+from pretrain.outputs import save_config
 
 log = logging.getLogger("srdd.pyramids")
 MANIFEST = "manifest.json"

@@ -21,8 +21,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from data_pipeline.images import IMAGE_EXTS, BadInput, decode_image
-from data_pipeline.tario import read_member, read_tar, tar_members
+from data_pipeline.files import read_member, read_tar, tar_members
+from data_pipeline.image_shards.decode import IMAGE_EXTS, BadInput, decode_image
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist installs the idx files
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from data_pipeline import shards_dir
-from data_pipeline.images import IMAGE_EXTS, BadInput, decode_image, preprocess, to_pm1
+from data_pipeline.files import Sample
+from data_pipeline.image_shards.decode import IMAGE_EXTS, BadInput, decode_image, preprocess, to_pm1
 from data_pipeline.stream import ShardStream, StreamSpec, split_shards
-from data_pipeline.tario import Sample
 from pretrain.config import SRDDConfig
 from pretrain.config.fields import ConfigError
 

@@ -1,6 +1,6 @@
 """``PyramidLoader``: pyramid shards -> (label_B, [idx_Bl per scale]) training batches.
 
-Streams ``<pyramids_dir>/{split}-*.tar`` (format: data_pipeline/pyramid_format.py) through
+Streams ``<pyramids_dir>/{split}-*.tar`` (format: data_pipeline/pyramid_shards/format.py) through
 the deterministic stream of data_pipeline/stream.py: node split by rank/world_size, worker
 split by batch, seeded shuffle buffer (train split only), infinite or epoch mode, and an exact
 position: ``load_state_dict(state_dict())`` after step N yields the batches an uninterrupted
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from data_pipeline import pyramids_dir
-from data_pipeline.pyramid_format import split_scales, unpack_tokens
+from data_pipeline.files import Sample
+from data_pipeline.pyramid_shards.format import split_scales, unpack_tokens
 from data_pipeline.stream import ShardStream, StreamSpec, split_shards, stack_labels
-from data_pipeline.tario import Sample
 from pretrain.config import SRDDConfig
 from pretrain.config.fields import ConfigError
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from data_pipeline.tario import Sample
+from data_pipeline.files import Sample
 
 FORMAT = "srdd-pyramids-v1"
 

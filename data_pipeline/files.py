@@ -1,27 +1,93 @@
-"""WebDataset tar files: deterministic writing and fault-tolerant reading.
+"""The platform's one file I/O module: atomic writes, JSONL records, sha256, WebDataset tars.
 
-A WebDataset shard is a plain tar whose members ``{key}.{ext}`` are grouped into samples by
-key. Written here byte-reproducibly (fixed mtime/uid/gid/mode, no user names, members in
-sample order, USTAR headers) so a killed and rerun job produces identical bytes. Reading
-goes through webdataset's tar iterator; a truncated tar yields its complete samples and is
-reported as one skipped input instead of an exception.
+Atomic writes: every output is written to a temporary name in its own directory, fsynced and
+renamed (README "Outputs"), so a killed job never leaves a half-written file that a rerun
+would trust. JSONL: one record per line, flushed and fsynced per record; a reader ignores a
+torn last line. ``pretrain.outputs`` (the run directory layout) re-exports the write helpers
+for every stage.
+
+WebDataset tars (docs/data.md): a shard is a plain tar whose members ``{key}.{ext}`` are
+grouped into samples by key. Written here byte-reproducibly (fixed mtime/uid/gid/mode, no user
+names, members in sample order, USTAR headers) so a killed and rerun job produces identical
+bytes. Reading goes through webdataset's tar iterator; a truncated tar yields its complete
+samples and is reported as one skipped input instead of an exception.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tarfile
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
-
-from webdataset.tariterators import group_by_keys
-
-from pretrain.outputs import atomic_path
+from typing import Any, Iterable, Iterator
 
 Sample = dict[str, bytes]  # extension -> payload, e.g. {"png": ..., "cls": b"3"}
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
+
+# ---- atomic writes -------------------------------------------------------------------------
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success fsync and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual umask mode
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+# ---- JSONL records -------------------------------------------------------------------------
+def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append one JSON line and flush it (metrics survive a SIGKILL up to the last record)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a JSONL file, ignoring a torn last line left by a killed writer."""
+    out: list[dict[str, Any]] = []
+    p = Path(path)
+    if not p.exists():
+        return out
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+# ---- hashing -------------------------------------------------------------------------------
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -30,6 +96,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+# ---- WebDataset tars -----------------------------------------------------------------------
 def write_tar(path: str | os.PathLike, samples: Iterable[tuple[str, Sample]]) -> int:
     """Write samples atomically (temp name + rename); returns the number of samples."""
     n = 0
@@ -98,6 +165,8 @@ def read_tar(path: str | os.PathLike, skipped: list[dict]) -> Iterator[tuple[str
     """(key, sample) pairs of one shard, grouped by webdataset's ``group_by_keys``. A damaged
     tar ends the shard at the damage (the sample being read is dropped); the damage is appended
     to ``skipped`` as ``{"input": name, "reason": "truncated tar", "detail": ...}``."""
+    from webdataset.tariterators import group_by_keys  # imported here: every stage imports this module
+
     try:
         for sample in group_by_keys(_members(path)):
             key = sample.pop("__key__")
