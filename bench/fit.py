@@ -1,4 +1,4 @@
-"""Fit time of the chinchilla form with bootstrap intervals (issue goal: 200 resamples on 250 points < 60 s on 2 cores).
+"""Fit time of the chinchilla form with bootstrap intervals (goal, docs/scaling.md "Benchmark": 200 resamples on 250 points < 60 s on 2 cores).
 
     python -m bench.fit [--points 250] [--bootstrap 200] [--json bench/results/fit.json]
 

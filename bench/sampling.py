@@ -1,7 +1,7 @@
 """Sampling cost of VAR vs SRDD: transformer-loop latency, FLOPs and KV-cache peak, with and without MR.
 
     python bench/sampling.py                              # d2 and d16 (VAR's 256px config), batch 8
-    python bench/sampling.py --sizes d2 --repeats 3 --json /tmp/sampling.json
+    python bench/sampling.py --sizes d2 --repeats 3 --json runs/bench/sampling.json
 
 Variants, all at the same random weights per size (the cost of a pass does not depend on what
 the weights learned, except how many tokens MR selects):
@@ -22,7 +22,7 @@ interleaved within each repeat so that load from other processes hits them alike
 forward FLOPs of every scale pass run (pretrain.model.flops convention, guided batch 2B),
 ``kv_cache_bytes_peak`` = keys+values attended at the worst scale over all layers, ``passes`` =
 scale passes. Ratios are against ``var-10`` of the same size measured in the same run.
-Goals (issue 7): srdd-6 loop latency <= 0.78x var-10 (FLOP bound ~0.74x at d16) and KV-cache
+Goals (docs/sampling.md, "Benchmark"): srdd-6 loop latency <= 0.78x var-10 (FLOP bound ~0.74x at d16) and KV-cache
 peak <= 0.40x var-10 (bound 256/680 = 0.38: only the current scale's keys/values).
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 SRDD6_PATCH_NUMS = (1, 3, 5, 8, 13, 16)
 VARIANTS = ("var-10", "srdd-10", "srdd-6", "var-10+mr", "srdd-10+mr", "srdd-6+mr")
-GOALS = {"latency_ratio_vs_var": 0.78, "kv_ratio_vs_var": 0.40}  # for srdd-6 (issue 7)
+GOALS = {"latency_ratio_vs_var": 0.78, "kv_ratio_vs_var": 0.40}  # for srdd-6 (docs/sampling.md, "Benchmark")
 
 # Tokenizer per size: VAR's vae_ch160v4096z32 at 256px for VAR's released sizes; a small one at
 # 64px (also a 16x16 latent, so the same 10-scale schedule) for the tiny CI sizes.

@@ -2,7 +2,7 @@
 
 Optimiser: AdamW, betas/weight decay from ``train`` (VAR: 0.9/0.95, 0.05), no
 decay on biases, norms, embeddings and 1-D parameters. ``torch_adam`` avoids the
-compiled CPU Adam op, so it runs on any machine (REFERENCE.md sec. 3). Learning
+compiled CPU Adam op, so it runs on any machine (docs/training.md, "One run"). Learning
 rate: VAR's rule lr = lr_base * global_batch / 256 unless ``lr_peak`` is set,
 linear warmup then cosine / linear decay to ``lr_end_ratio * peak``.
 

@@ -7,7 +7,7 @@ from typing import Optional
 from pretrain.config.fields import ConfigError, bounded, choice, doc
 from pretrain.sizes import SIZES
 
-# Named mask presets (REFERENCE.md sec. 2): var = block-causal (full prefix),
+# Named mask presets (docs/model.md, "Attention window"): var = block-causal (full prefix),
 # srdd = block-diagonal Markovian mask (own scale only, window 0).
 MASK_PRESETS: dict[str, Optional[int]] = {"var": None, "srdd": 0}
 

@@ -5,7 +5,7 @@ scales <= k); an int w >= 0 lets scale k see only scales k-w..k. w = 0 is SRDD's
 block-diagonal Markovian mask (arXiv 2509.22636): scale k's input already carries the
 cumulative state f_hat, so its own tokens are all it needs. In a depth-D stack a window
 w > 0 is not Markov: information hops one window per layer, so scale k still depends on
-inputs down to scale k - w*D (REFERENCE.md sec. 2).
+inputs down to scale k - w*D (docs/model.md, "Attention window").
 
 The visible scales of a query scale are contiguous (k-w..k), so the mask is also a list of
 *tiles*, one per query scale: its queries against one contiguous key range. Attention over the

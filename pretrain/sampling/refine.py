@@ -3,7 +3,8 @@
 SRDD (arXiv 2509.22636) reads VAR with a Markovian mask as a deterministic discrete
 diffusion and imports diffusion's resampling: after scale k's tokens are drawn, some of
 them are drawn again from the model's distribution at the same state before they enter
-f_hat. The paper does not publish its algorithms, so the platform defines them (issue 7):
+f_hat. The paper does not publish its algorithms, so the platform defines them
+(docs/sampling.md, "Refinement"):
 
 - Simple Resampling (SR): R rounds; each round re-runs scale k's pass and re-draws every token.
 - Masked Resampling (MR): R rounds; each round re-draws only the tokens whose probability under

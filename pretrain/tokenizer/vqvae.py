@@ -95,7 +95,7 @@ class MultiScaleVQVAE(nn.Module):
     def fhat_to_img(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(f_hat_BChw)).clamp(-1, 1)
 
-    # ---- the pyramid API (contracts.md "Tokenizer") --------------------------------------
+    # ---- the pyramid API (docs/tokenizer.md, "Python API") ------------------------------
     @torch.no_grad()
     def encode_pyramid(self, img_B3HW: torch.Tensor, patch_nums: Sequence[int] | None = None) -> list[torch.Tensor]:
         pns = self.check_images(img_B3HW, patch_nums)
