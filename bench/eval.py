@@ -8,8 +8,8 @@ Feature networks run on random images at the default 32 px (the InceptionV3 path
 to 299 px first, as FID requires; the in-repo rebuild has random weights here, the packaged
 TF port its real ones: speed does not depend on them). Metrics run on random float64
 features of the networks' widths. ``--cifar-fid N``: N vs N CIFAR-10 test images (images
-0..N/10-1 and N/10..2N/10-1 of each class, from ../shared/data/cifar10/test.tar.gz beside the
-repo) through `srdd fid`'s feature path, with the FID recomputed from the same features by
+0..N/10-1 and N/10..2N/10-1 of each class, from $SRDD_CIFAR10_DIR/test.tar.gz; skipped when
+it is not set) through `srdd fid`'s feature path, with the FID recomputed from the same features by
 numpy/scipy directly. One thread per process (OMP_NUM_THREADS=1) unless --threads says otherwise.
 """
 from __future__ import annotations
@@ -36,7 +36,17 @@ from pretrain.outputs import atomic_write_json  # noqa: E402
 from pretrain.tokenizer.lpips import load_lpips  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR_TEST = REPO.parent / "shared" / "data" / "cifar10" / "test.tar.gz"
+CIFAR_ENV = "SRDD_CIFAR10_DIR"  # a directory in the cifar10:DIR layout (docs/data.md, "Sources")
+
+
+def cifar_test_tarball() -> Path | None:
+    """``$SRDD_CIFAR10_DIR/test.tar.gz`` when the variable is set and the file exists, else None."""
+    directory = os.environ.get(CIFAR_ENV)
+    path = Path(directory) / "test.tar.gz" if directory else None
+    return path if path is not None and path.is_file() else None
+
+
+CIFAR_TEST = cifar_test_tarball()
 
 
 @torch.no_grad()
@@ -158,8 +168,8 @@ def main() -> None:
     for r in lpips:
         print(f"{r['network']:<14} {r['side_px']:>5} {r['batch']:>5} {r['pairs_per_s']:>9}")
     fid = None
-    if args.cifar_fid and not CIFAR_TEST.is_file():
-        print(f"\nCIFAR-10 FID check skipped: {CIFAR_TEST} is absent")
+    if args.cifar_fid and CIFAR_TEST is None:
+        print(f"\nCIFAR-10 FID check skipped: no ${CIFAR_ENV}/test.tar.gz")
     elif args.cifar_fid:
         fid = cifar_fid(args.cifar_fid, min(args.batch, 50))
         print(f"\n{fid['metric']} CIFAR-10 test {fid['n_real']} vs {fid['n_fake']} (disjoint): {fid['fid']:.4f}; "

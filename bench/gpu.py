@@ -2,7 +2,7 @@
 
     python bench/gpu.py --json bench/results/gpu.json          # on a CUDA machine, one GPU
     python bench/gpu.py --peak-tflops 989 ...                   # a GPU missing from PEAK_BF16_TFLOPS
-    python bench/gpu.py --smoke --json /tmp/gpu.json            # tiny CPU run of the same code (tests)
+    python bench/gpu.py --smoke --json runs/bench/gpu.json      # tiny CPU run of the same code (tests)
 
 Training: d16 / d20 / d24 at VAR's 256 px schedule (1,2,3,4,5,6,8,10,13,16; VAR's ImageNet
 vocabulary 4096, Cvae 32, 1000 classes), VAR (block-causal) vs SRDD (window 0), each on its

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -21,7 +22,7 @@ from data_pipeline.files import read_tar
 from data_pipeline.image_shards.sources import list_source
 from pretrain.cli import main as cli_main
 
-CIFAR_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
+CIFAR_DIR = Path(os.environ["SRDD_CIFAR10_DIR"]) if os.environ.get("SRDD_CIFAR10_DIR") else None  # cifar10:DIR layout
 
 
 def jpeg(rng: np.random.Generator, side: int = 12) -> bytes:
@@ -156,7 +157,7 @@ def test_bad_source_names_the_key(tmp_path, capsys):
     assert "data.source='cifar100:/x'" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not CIFAR_DIR.is_dir(), reason="the CIFAR-10 tarballs (../shared/data/cifar10 beside the repo) are absent")
+@pytest.mark.skipif(CIFAR_DIR is None or not CIFAR_DIR.is_dir(), reason="no CIFAR-10 tarballs: set SRDD_CIFAR10_DIR (docs/data.md)")
 def test_real_cifar10_tarballs_subset(tmp_path):
     m = shards(f"cifar10:{CIFAR_DIR}", tmp_path / "out", "data.limit=30")
     assert m["classes"] == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
