@@ -44,7 +44,7 @@ STAGES: dict[str, Stage] = {
     "fit": Stage("analysis.scaling.cli", "fit scaling laws to a runs table  [analysis/scaling/cli.py]"),
     "report": Stage("analysis.report", "execute the report notebook into HTML  [analysis/report.py]"),
     "ablate": Stage("slurm.ablate", "run the Laplacian-pyramid 2x2x2 ablation grid  [slurm/ablate.py]"),
-    "demo": Stage("slurm.demo", "the whole study end to end on the embedded default  [slurm/demo.py]"),
+    "demo": Stage("slurm.demo", "the whole study end to end on the embedded default (--dataset cifar10 | fashion-mnist)  [slurm/demo.py]"),
 }
 
 

@@ -1,6 +1,7 @@
-"""`srdd demo`: a real small scaling study, end to end, on the embedded MNIST default.
+"""`srdd demo`: a real small scaling study, end to end, on the embedded MNIST default
+(``--dataset cifar10`` / ``fashion-mnist``: the same study on natural images, see DATASETS).
 
-MNIST shards -> tokenizer training -> pyramid precompute -> feature network -> a family
+Image shards -> tokenizer training -> pyramid precompute -> feature network -> a family
 of tiny sizes x {var, srdd} masks at one token budget -> distilled schedule -> samples
 with and without refinement, one inpainting -> evaluation -> scaling fits -> sampling-cost
 bench -> executed HTML report.
@@ -40,13 +41,40 @@ log = logging.getLogger("srdd.demo")
 TRAIN_DEFAULTS = ["train.batch_size=32", "train.lr_peak=2e-3", "train.warmup_frac=0.1",
                   "train.val_every=0", "train.ckpt_every=50", "train.log_every=10"]
 
+CIFAR10_DIR = "../shared/data/cifar10"  # beside the repo; stages run in the repo root (data.source=cifar10:DIR to move it)
+
+
+@dataclass(frozen=True)
+class DemoDataset:
+    """What ``--dataset`` changes: settings (``data.source`` among them) applied before the user's overrides."""
+
+    overrides: tuple[str, ...] = ()
+    quick_overrides: tuple[str, ...] = ()  # after --quick's toy budgets
+    eval_samples: int = 500
+
+
+# Natural images: 6,000 inputs (the official split keeps test images as val: ~5,000 train + ~1,000
+# val, the MNIST study's scale), a tokenizer with LPIPS-alex and the PatchGAN from half-way (600
+# steps: at ~10 images/s on 2 cores the tokenizer is ~30 of the study's ~110 minutes), and
+# FID-inception (packaged TF-Inception port) beside FD/IS of the dataset's own classifier in every
+# eval; 300 samples per eval, since each costs ~0.5 s in the Inception network on 2 cores.
+_NATURAL = ("data.limit=6000", "tokenizer.steps=600", "tokenizer.disc_start=300", "tokenizer.lpips=alex",
+            "eval.fid_inception=true")
+DATASETS = {
+    "mnist": DemoDataset(),
+    "cifar10": DemoDataset((f"data.source=cifar10:{CIFAR10_DIR}", *_NATURAL), ("tokenizer.disc_start=15",), 300),
+    "fashion-mnist": DemoDataset(("data.source=fashion-mnist", *_NATURAL), ("tokenizer.disc_start=15",), 300),
+}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS),
+                        help="mnist (embedded) | cifar10 (../shared/data/cifar10 beside the repo) | fashion-mnist (Debian package)")
     parser.add_argument("--sizes", default="d1,d2,d3,d4", help="comma-separated rows of pretrain/sizes.py")
     parser.add_argument("--masks", default="var,srdd", help="comma-separated mask presets")
     parser.add_argument("--tokens", type=float, default=4e5, help="token budget of every training run")
-    parser.add_argument("--eval-samples", type=int, default=500, help="generated images per evaluation")
-    parser.add_argument("--study", default="demo", help="study directory under SRDD_HOME")
+    parser.add_argument("--eval-samples", type=int, default=None, help="generated images per evaluation (500; 300 for natural images)")
+    parser.add_argument("--study", default=None, help="study directory under SRDD_HOME (demo, or demo-<dataset>)")
     parser.add_argument("--quick", action="store_true",
                         help="minutes-scale smoke run (tiny budgets everywhere), for tests")
 
@@ -108,7 +136,7 @@ def stage_shards(study: Study, cfg: SRDDConfig) -> bool:
 
     if (shards_dir(cfg) / "manifest.json").exists():
         return False
-    _srdd(study, "shards", "--source", "mnist")
+    _srdd(study, "shards", "--source", cfg.data.source)
     return True
 
 
@@ -220,28 +248,39 @@ def stage_report(study: Study, cfg: SRDDConfig) -> bool:
 
 
 STAGES: list[tuple[str, str, Callable[[Study, SRDDConfig], bool]]] = [
-    ("shards", "MNIST -> WebDataset image shards", stage_shards),
+    ("shards", "dataset -> WebDataset image shards", stage_shards),
     ("tokenizer", "multi-scale VQ-VAE trained on the shards", stage_tokenizer),
     ("pyramids", "offline code-pyramid precompute", stage_pyramids),
-    ("eval-net", "MNIST feature network for FD/IS", stage_eval_net),
+    ("eval-net", "the dataset's feature network for FD/IS", stage_eval_net),
     ("train", "size family x {var, srdd} at one token budget", stage_train),
     ("distill", "SRDD student on the shorter schedule", stage_distill),
     ("samples", "samples with/without refinement, inpainting", stage_samples),
-    ("eval", "FD / IS / precision-recall per run", stage_eval),
+    ("eval", "FD / IS / precision-recall (+ FID-inception) per run", stage_eval),
     ("bench", "sampling cost: var vs srdd vs distilled", stage_bench),
     ("fit", "power-law fits per mask", stage_fit),
     ("report", "executed HTML report", stage_report),
 ]
 
 
+def study_overrides(dataset: str, quick: bool, user: list[str]) -> list[str]:
+    """What every stage gets: the dataset's settings, then --quick's toy budgets, then the user's."""
+    preset = DATASETS[dataset]
+    if dataset == "cifar10" and not any(o.startswith("data.source=") for o in user) and not (REPO / CIFAR10_DIR).is_dir():
+        raise SystemExit(f"srdd demo --dataset cifar10: no CIFAR-10 tarballs at {(REPO / CIFAR10_DIR).resolve()}; "
+                         "pass data.source=cifar10:DIR")
+    return [*preset.overrides, *_quick_overrides(quick), *(preset.quick_overrides if quick else ()), *user]
+
+
 def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
-    overrides = [*_quick_overrides(getattr(args, "quick", False)), *getattr(args, "overrides", [])]
+    dataset = getattr(args, "dataset", "mnist")
+    overrides = study_overrides(dataset, getattr(args, "quick", False), list(getattr(args, "overrides", [])))
+    cfg = load_config(getattr(args, "config", None), overrides)  # the stages' view: paths follow the dataset
     study = Study(
-        name=getattr(args, "study", "demo"),
+        name=getattr(args, "study", None) or ("demo" if dataset == "mnist" else f"demo-{dataset}"),
         sizes=[s for s in getattr(args, "sizes", "d1,d2,d3,d4").split(",") if s],
         masks=[m for m in getattr(args, "masks", "var,srdd").split(",") if m],
         tokens=int(getattr(args, "tokens", 4e5)),
-        eval_samples=getattr(args, "eval_samples", 500),
+        eval_samples=getattr(args, "eval_samples", None) or DATASETS[dataset].eval_samples,
         slurm=cfg.slurm.enabled,
         overrides=overrides,
         quick=getattr(args, "quick", False),
