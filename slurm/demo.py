@@ -41,7 +41,7 @@ log = logging.getLogger("srdd.demo")
 TRAIN_DEFAULTS = ["train.batch_size=32", "train.lr_peak=2e-3", "train.warmup_frac=0.1",
                   "train.val_every=0", "train.ckpt_every=50", "train.log_every=10"]
 
-CIFAR10_DIR = "../shared/data/cifar10"  # beside the repo; stages run in the repo root (data.source=cifar10:DIR to move it)
+CIFAR_ENV = "SRDD_CIFAR10_DIR"  # --dataset cifar10 reads this directory (cifar10:DIR layout, docs/data.md) unless data.source is given
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,14 @@ _NATURAL = ("data.limit=6000", "tokenizer.steps=600", "tokenizer.disc_start=300"
             "eval.fid_inception=true")
 DATASETS = {
     "mnist": DemoDataset(),
-    "cifar10": DemoDataset((f"data.source=cifar10:{CIFAR10_DIR}", *_NATURAL), ("tokenizer.disc_start=15",), 300),
+    "cifar10": DemoDataset(_NATURAL, ("tokenizer.disc_start=15",), 300),  # data.source from $SRDD_CIFAR10_DIR
     "fashion-mnist": DemoDataset(("data.source=fashion-mnist", *_NATURAL), ("tokenizer.disc_start=15",), 300),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS),
-                        help="mnist (embedded) | cifar10 (../shared/data/cifar10 beside the repo) | fashion-mnist (Debian package)")
+                        help="mnist (embedded) | cifar10 ($SRDD_CIFAR10_DIR or data.source=cifar10:DIR) | fashion-mnist (Debian package)")
     parser.add_argument("--sizes", default="d1,d2,d3,d4", help="comma-separated rows of pretrain/sizes.py")
     parser.add_argument("--masks", default="var,srdd", help="comma-separated mask presets")
     parser.add_argument("--tokens", type=float, default=4e5, help="token budget of every training run")
@@ -265,10 +265,14 @@ STAGES: list[tuple[str, str, Callable[[Study, SRDDConfig], bool]]] = [
 def study_overrides(dataset: str, quick: bool, user: list[str]) -> list[str]:
     """What every stage gets: the dataset's settings, then --quick's toy budgets, then the user's."""
     preset = DATASETS[dataset]
-    if dataset == "cifar10" and not any(o.startswith("data.source=") for o in user) and not (REPO / CIFAR10_DIR).is_dir():
-        raise SystemExit(f"srdd demo --dataset cifar10: no CIFAR-10 tarballs at {(REPO / CIFAR10_DIR).resolve()}; "
-                         "pass data.source=cifar10:DIR")
-    return [*preset.overrides, *_quick_overrides(quick), *(preset.quick_overrides if quick else ()), *user]
+    source = []
+    if dataset == "cifar10" and not any(o.startswith("data.source=") for o in user):
+        directory = os.environ.get(CIFAR_ENV, "")
+        if not directory or not Path(directory).is_dir():
+            raise SystemExit(f"srdd demo --dataset cifar10: set {CIFAR_ENV} to the CIFAR-10 directory (train.tar.gz + "
+                             f"test.tar.gz, docs/data.md) or pass data.source=cifar10:DIR (got {CIFAR_ENV}={directory!r})")
+        source = [f"data.source=cifar10:{directory}"]
+    return [*source, *preset.overrides, *_quick_overrides(quick), *(preset.quick_overrides if quick else ()), *user]
 
 
 def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:

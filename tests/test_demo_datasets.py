@@ -7,9 +7,10 @@ import slurm.demo as demo
 from pretrain.config import load_config
 
 
-def test_cifar10_study_settings_and_precedence():
+def test_cifar10_study_settings_and_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv(demo.CIFAR_ENV, str(tmp_path))
     cfg = load_config(overrides=demo.study_overrides("cifar10", quick=False, user=[]))
-    assert cfg.data.source == f"cifar10:{demo.CIFAR10_DIR}" and cfg.data.limit == 6000 and cfg.data.resolution == 32
+    assert cfg.data.source == f"cifar10:{tmp_path}" and cfg.data.limit == 6000 and cfg.data.resolution == 32
     assert (cfg.tokenizer.lpips, cfg.tokenizer.disc_start, cfg.eval.fid_inception) == ("alex", 300, True)
     # --quick's toy budgets override the dataset's, the user's override everything
     quick = load_config(overrides=demo.study_overrides("cifar10", quick=True, user=["eval.fid_inception=false"]))
@@ -23,8 +24,11 @@ def test_fashion_mnist_and_mnist_settings():
     assert demo.study_overrides("mnist", quick=False, user=["x=1"]) == ["x=1"]  # the MNIST study is unchanged
 
 
-def test_missing_cifar10_is_refused_unless_a_source_is_given(monkeypatch):
-    monkeypatch.setattr(demo, "CIFAR10_DIR", "../no-such-dir/cifar10")
-    with pytest.raises(SystemExit, match="no CIFAR-10 tarballs .* data.source=cifar10:DIR"):
+def test_missing_cifar10_is_refused_unless_a_source_is_given(tmp_path, monkeypatch):
+    monkeypatch.delenv(demo.CIFAR_ENV, raising=False)
+    with pytest.raises(SystemExit, match="set SRDD_CIFAR10_DIR .* or pass data.source=cifar10:DIR"):
+        demo.study_overrides("cifar10", quick=False, user=[])
+    monkeypatch.setenv(demo.CIFAR_ENV, str(tmp_path / "absent"))
+    with pytest.raises(SystemExit, match="SRDD_CIFAR10_DIR="):
         demo.study_overrides("cifar10", quick=False, user=[])
     assert demo.study_overrides("cifar10", quick=False, user=["data.source=cifar10:/x"])[-1] == "data.source=cifar10:/x"
