@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from data_pipeline.files import read_tar
-from data_pipeline.image_shards.sources import list_source
+from data_pipeline.image_shards.sources import FASHION_MNIST_DIR, list_source
 from pretrain.cli import main as cli_main
 
 CIFAR_DIR = Path(os.environ["SRDD_CIFAR10_DIR"]) if os.environ.get("SRDD_CIFAR10_DIR") else None  # cifar10:DIR layout
@@ -168,3 +168,12 @@ def test_real_cifar10_tarballs_subset(tmp_path):
             meta = json.loads(s["json"])
             assert meta["source"].startswith(prefix) and (meta["width"], meta["height"]) == (32, 32)
             assert meta["source"].split("/")[1] == m["classes"][int(s["cls"])]
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+def test_real_fashion_mnist_package():
+    listing = list_source("fashion-mnist")
+    splits = [it.split for it in listing.items]
+    assert (splits.count("train"), splits.count("val"), listing.classes[9]) == (60000, 10000, "Ankle boot")
+    img, mode = listing.items[0].image()
+    assert img.size == (28, 28) and mode == "L" and listing.items[0].label == 9  # the first training image is a boot

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from pretrain.sampling.save import to_uint8
 from pretrain.weights import FID_INCEPTION, packaged_path
 
 INPUT_SIDE = 299
@@ -59,15 +60,6 @@ def inception_input(images: Sequence[np.ndarray], resize: str) -> torch.Tensor:
     raise ValueError(f"resize {resize!r}: use one of {RESIZE_MODES}")
 
 
-def to_uint8_NHW3(img_B3HW: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float images -> uint8 N x H x W x 3 (round to nearest, as a PNG of the sample stores);
-    grey (1-channel) images are replicated to RGB, as the RGB network expects."""
-    if img_B3HW.shape[1] == 1:
-        img_B3HW = img_B3HW.expand(-1, 3, -1, -1)
-    x = ((img_B3HW.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
 class FIDInception(nn.Module):
     """The packaged network behind the ``FeatureNet`` interface: ``features(img_B3HW in [-1, 1])``."""
 
@@ -82,8 +74,12 @@ class FIDInception(nn.Module):
         return self.net(inception_input(images, self.resize)).float()
 
     def features(self, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, None]:
-        """(pool3 feats_BD, None): the port has no classifier head, so no class probabilities."""
-        return self.features_uint8(to_uint8_NHW3(img_B3HW)), None
+        """(pool3 feats_BD, None): the port has no classifier head, so no class probabilities.
+        Images are rounded to uint8 exactly as `srdd sample` stores them (pretrain/sampling/save.py);
+        grey (1-channel) images are replicated to RGB, as the RGB network expects."""
+        if img_B3HW.shape[1] == 1:
+            img_B3HW = img_B3HW.expand(-1, 3, -1, -1)
+        return self.features_uint8(to_uint8(img_B3HW)), None
 
     def extract_uint8(self, batches: Iterable[Sequence[np.ndarray]]) -> np.ndarray:
         """(N, 2048) float64 features of batches of uint8 H x W x 3 images."""
