@@ -87,7 +87,8 @@ class FIDInception(nn.Module):
         return np.concatenate(feats) if feats else np.zeros((0, FEATURE_DIM))
 
 
-def load_fid_inception_net(resize: str = "bilinear", key: str = "eval.fid_resize") -> tuple[FIDInception, str]:
+def load_fid_inception_net(resize: str = "bilinear",
+                           key: str = "FID-inception (srdd fid, eval.fid_inception)") -> tuple[FIDInception, str]:
     """(module, sha256 of the network file): the packaged TorchScript network, frozen on the CPU."""
     path = packaged_path(FID_INCEPTION, key)
     net = torch.jit.load(str(path), map_location="cpu").eval()
