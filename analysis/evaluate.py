@@ -77,7 +77,7 @@ def val_token_metrics(run_cfg: SRDDConfig, model: Any, vae: Any, batch_size: int
     """Teacher-forced CE / accuracy per scale on the val pyramid shards (the train loop's val pass)."""
     from pretrain.pyramid.codec import build_codec
     from pretrain.train.data import codes_loader, model_batches
-    from pretrain.train.step import ScaleStats, evaluate
+    from pretrain.train.token_loss import ScaleStats, evaluate
 
     cpu = torch.device("cpu")
     codec = vae if hasattr(vae, "head") else build_codec(run_cfg, vae)  # any pyramid.* cell, as in training

@@ -27,6 +27,7 @@ Results: docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -68,7 +69,9 @@ def train_worker(case: dict[str, Any]) -> dict[str, Any]:
     from pretrain.engine import build_engine
     from pretrain.model import build_model
     from pretrain.model.flops import train_flops_executed_per_sample
-    from pretrain.pyramid.heads import token_losses
+    from pretrain.train.signals import StopRequest
+    from pretrain.train.step import OptimizerStep
+    from pretrain.train.token_loss import ScaleStats, TokenObjective
 
     info = init_distributed()
     device, batch = info.device, case["batch_size"]
@@ -86,10 +89,12 @@ def train_worker(case: dict[str, Any]) -> dict[str, Any]:
     x_BLCv = torch.randn(batch, L - model.first_l, VAR_IMAGENET["z_channels"], generator=g).to(device)
     target_BL = torch.randint(0, VAR_IMAGENET["vocab_size"], (batch, L), generator=g).to(device)
 
+    harness_step = OptimizerStep({"model": engine}, 1, 0, device)  # the step training runs
+    objective = TokenObjective(engine, ScaleStats(case["patch_nums"]), 0.1)
+    stop = StopRequest(Path(tempfile.mkdtemp()))  # a private dir: no stray PREEMPT file can stop the bench
+
     def step() -> None:
-        objective, _, _ = token_losses(engine(label_B, x_BLCv), target_BL, 0.1)
-        engine.backward(objective)
-        engine.step()
+        harness_step(objective, itertools.repeat((label_B, x_BLCv, target_BL)), stop)
 
     cuda = device.type == "cuda"
     for _ in range(case["warmup"]):

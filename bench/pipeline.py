@@ -58,24 +58,31 @@ def on_the_fly(cfg: SRDDConfig, vae: Any, batch: int):
 
 
 def train_step_rate(cfg: SRDDConfig, vae: Any, loader: PyramidLoader, steps: int) -> float:
+    """Samples/s of the harness's optimizer step (pretrain/train/step.py, one rank) on ``steps``
+    pre-read batches; the teacher-forcing input rebuild runs inside each step, as in training."""
+    import dataclasses
+
+    from pretrain.dist import init_distributed
+    from pretrain.engine import build_engine
     from pretrain.model import build_model
+    from pretrain.train.data import model_batches
+    from pretrain.train.signals import StopRequest
+    from pretrain.train.step import OptimizerStep
+    from pretrain.train.token_loss import ScaleStats, TokenObjective
 
-    model = build_model(cfg.model, vae.vocab_size, vae.Cvae, vae.patch_nums)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    info = init_distributed()
     batches = list(itertools.islice(iter(loader), steps + 2))
-
-    def steps_iter():
-        for label_B, idx_list in batches:
-            with torch.no_grad():
-                x_BLCv = vae.pyramid_to_var_input(idx_list)
-            logits_BLV = model(label_B, x_BLCv)
-            loss = torch.nn.functional.cross_entropy(logits_BLV.flatten(0, 1), torch.cat(idx_list, 1).flatten())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            yield label_B
-
-    return rate(steps_iter(), steps, len)
+    model = build_model(cfg.model, vae.vocab_size, vae.Cvae, vae.patch_nums)
+    train = dataclasses.replace(cfg.train, batch_size=len(batches[0][0]), grad_accum=1, lr_peak=1e-4)
+    engine = build_engine(model, train, steps + 2, info.world_size)
+    step = OptimizerStep({"model": engine}, 1, 0, info.device)
+    objective = TokenObjective(engine, ScaleStats(vae.patch_nums), 0.0)
+    stream = model_batches(iter(batches), vae, info.device)
+    stop = StopRequest(Path(tempfile.mkdtemp()))  # a private dir: no stray PREEMPT file can stop the bench
+    try:
+        return rate((step(objective, stream, stop) for _ in batches), steps, lambda _: train.batch_size)
+    finally:
+        stop.restore()
 
 
 def run(images: int, batch: int, steps: int, work: Path) -> dict[str, Any]:

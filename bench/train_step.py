@@ -80,7 +80,8 @@ def worker(case: dict[str, Any], batch_size: int, warmup: int, steps: int) -> di
     from pretrain.train.budget import tokens_per_sample
     from pretrain.train.data import to_model_batch
     from pretrain.train.signals import StopRequest
-    from pretrain.train.step import ScaleStats, Stepper
+    from pretrain.train.step import OptimizerStep
+    from pretrain.train.token_loss import ScaleStats, TokenObjective
 
     info = init_distributed()
     cfg = load_config(overrides=[f"model.size={case['size']}", f"model.mask={case['mask']}",
@@ -97,17 +98,18 @@ def worker(case: dict[str, Any], batch_size: int, warmup: int, steps: int) -> di
     batches = [to_model_batch(vae, torch.randint(0, cfg.model.num_classes, (micro,), generator=g),
                               [torch.randint(0, tok.vocab_size, (micro, pn * pn), generator=g) for pn in tok.patch_nums],
                               device) for _ in range(4)]
-    stepper = Stepper(engine, itertools.cycle(batches), ScaleStats(tok.patch_nums), 0.1, 1, 0, device)
+    step = OptimizerStep({"model": engine}, 1, 0, device)  # the harness's step: what training runs
+    objective, stream = TokenObjective(engine, ScaleStats(tok.patch_nums), 0.1), itertools.cycle(batches)
     stop = StopRequest(Path(tempfile.mkdtemp()))  # a private dir: no stray PREEMPT file can stop the bench
     for _ in range(warmup):
-        stepper.step(stop)
+        step(objective, stream, stop)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     dist.barrier()
     t0 = time.perf_counter()
     for _ in range(steps):
-        stepper.step(stop)
+        step(objective, stream, stop)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0

@@ -25,25 +25,33 @@ cuts steps - a student can sample on fewer scales (VAR's 1..16 ten-scale schedul
 4. Loss (per token, averaged over the student's L tokens):
    CE(student, re-quantised code; label smoothing ``train.label_smoothing``)
    + kl_weight * tau^2 * KL(softmax(teacher/tau) || softmax(student/tau)).
-5. Optimiser: the platform's DeepSpeed engine (pretrain.engine.build_engine) with ``train.*``.
+5. Optimiser: the platform's DeepSpeed engine (pretrain.engine.build_engine) with ``train.*``
+   (``train.batch_size`` global, ``train.grad_accum`` micro-batches per step), trained on the
+   harness (pretrain/train/trainer.py: NaN guard, checkpoints, exact resume, preemption).
 
-Outputs in ``<SRDD_HOME>/<run_name>/``: ``model.pt`` (loadable by `srdd sample`), ``metrics.jsonl``
-(``kind: distill`` training records, ``kind: val`` for student / teacher checks), ``distill.json``
-(the quality check: student vs teacher loss and token accuracy) and ``config.yaml``.
+Outputs in ``<SRDD_HOME>/<run_name>/``: ``model.pt`` (loadable by `srdd sample`; consolidated fp32
+weights, also under ZeRO-3), ``metrics.jsonl`` (``kind: distill`` training records, ``kind: val``
+for student / teacher checks), ``distill.json`` (the quality check: student vs teacher loss and
+token accuracy), ``checkpoints/`` (a rerun resumes) and ``config.yaml``.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
-import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from pretrain.config import SRDDConfig
 from pretrain.config.fields import ConfigError
-from pretrain.outputs import append_jsonl, atomic_write_json, run_dir, save_config
+from pretrain.dist import DistInfo, init_distributed
+from pretrain.outputs import atomic_write_json, run_dir, save_config
+from pretrain.train.export import consolidated_state_dict
+from pretrain.train.task import Log, Progress, Schedule, StepLoss, TaskDefaults, Window, WindowMeans
+from pretrain.train.trainer import Trainer
 
 log = logging.getLogger("srdd.distill")
 VAR_STUDENT = (1, 3, 5, 8, 13, 16)
@@ -132,7 +140,9 @@ def distill_loss(student_logits_BLV: torch.Tensor, teacher_logits_BLV: torch.Ten
 
 @torch.no_grad()
 def token_metrics(model: Any, vae: Any, batches: Sequence[tuple[torch.Tensor, list[torch.Tensor]]]) -> dict[str, float]:
-    """Teacher-forced CE and token accuracy of ``model`` on pyramids of its own schedule."""
+    """Teacher-forced CE and token accuracy of ``model`` on pyramids of its own schedule (in eval
+    mode; the module is handed back in the mode it came in)."""
+    was_training = model.training
     model.eval()
     ce = acc = n = 0.0
     for label_B, idx_list in batches:
@@ -141,6 +151,7 @@ def token_metrics(model: Any, vae: Any, batches: Sequence[tuple[torch.Tensor, li
         ce += float(F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum"))
         acc += float((logits.argmax(-1) == target).sum())
         n += target.numel()
+    model.train(was_training)
     return {"loss": ce / n, "acc": acc / n}
 
 
@@ -153,72 +164,134 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-batches", type=int, default=4)
 
 
-def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
-    from data_pipeline.pyramid_shards.loader import PyramidLoader
+def flat_metrics(step: int, metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """A ``val`` record: {"student": {"loss": x}} -> {"student_loss": x}."""
+    return {"kind": "val", "step": step, **{f"{k}_{m}": v for k, d in metrics.items() for m, v in d.items()}}
 
-    from pretrain.dist import init_distributed
-    from pretrain.engine import build_engine
-    from pretrain.tokenizer import default_tokenizer_path, tokenizer_hash
-    from pretrain.train.export import save_model
-    from pretrain.sampling.load import load_for_sampling
 
-    info = init_distributed()
-    teacher, vae, teacher_run, teacher_cfg = load_for_sampling(args.teacher)
-    # The student is the teacher's network on a shorter schedule: its model.pt must say so,
-    # whatever model.* / tokenizer.* this command was given.
-    cfg.model, cfg.tokenizer, cfg.pyramid = teacher_cfg.model, teacher_cfg.tokenizer, teacher_cfg.pyramid
-    t_pns = tuple(teacher.patch_nums)
-    s_pns = check_schedule([int(p) for p in args.patch_nums.split(",")] if args.patch_nums else default_student_schedule(t_pns), t_pns)
-    if args.kl_weight < 0 or args.tau <= 0:
-        raise ConfigError("--kl-weight must be >= 0 and --tau > 0")
-    steps = args.steps or cfg.train.max_steps
-    out = run_dir(cfg)
-    if out.resolve() == teacher_run.resolve():
-        raise ConfigError(f"run_name={cfg.run_name} is the teacher's run: pick a new run_name for the student")
-    save_config(cfg, out)
-    teacher_view = schedule_model(teacher, s_pns).eval().requires_grad_(False)
-    student = schedule_model(teacher, s_pns).train()
+class DistillTask(TaskDefaults):
+    """`srdd distill` on the harness: the student (engine ``model``) learns from a frozen teacher view."""
 
-    val = []
-    for label_B, idx_list in PyramidLoader(cfg, split="val", batch_size=cfg.train.batch_size, infinite=False):
-        val.append((label_B, idx_list))
-        if len(val) == args.val_batches:
-            break
-    with torch.no_grad():
-        s_val = [(lab, requantize(vae, idx, t_pns, s_pns)) for lab, idx in val]
-    before = {"student": token_metrics(student, vae, s_val), "teacher_at_student_states": token_metrics(teacher_view, vae, s_val),
-              "teacher_own_schedule": token_metrics(teacher, vae, val)}
-    append_jsonl(out / "metrics.jsonl", {"kind": "val", "step": 0, **{f"{k}_{m}": v for k, d in before.items() for m, v in d.items()}})
+    kind = "distill"
 
-    engine = build_engine(student, cfg.train, steps, info.world_size)
-    loader = PyramidLoader(cfg, split="train", batch_size=cfg.train.batch_size // info.world_size,
-                           rank=info.rank, world_size=info.world_size, seed=cfg.seed, infinite=True)
-    t0 = time.time()
-    for step, (label_B, idx_list) in zip(range(1, steps + 1), loader):
+    def __init__(self, cfg: SRDDConfig, args: argparse.Namespace, info: DistInfo):
+        from pretrain.sampling.load import load_for_sampling
+
+        self.args, self.info = args, info
+        self.teacher, self.vae, self.teacher_run, teacher_cfg = load_for_sampling(args.teacher)
+        # The student is the teacher's network on a shorter schedule: its model.pt must say so,
+        # whatever model.* / tokenizer.* this command was given.
+        cfg.model, cfg.tokenizer, cfg.pyramid = teacher_cfg.model, teacher_cfg.tokenizer, teacher_cfg.pyramid
+        self.cfg = cfg
+        self.t_pns = tuple(self.teacher.patch_nums)
+        self.s_pns = check_schedule([int(p) for p in args.patch_nums.split(",")] if args.patch_nums
+                                    else default_student_schedule(self.t_pns), self.t_pns)
+        if args.kl_weight < 0 or args.tau <= 0:
+            raise ConfigError("--kl-weight must be >= 0 and --tau > 0")
+        self.run = run_dir(cfg)
+        if self.run.resolve() == self.teacher_run.resolve():
+            raise ConfigError(f"run_name={cfg.run_name} is the teacher's run: pick a new run_name for the student")
+        self.outputs = (self.run / "model.pt", self.run / "distill.json")
+        self.schedule = Schedule.from_train(cfg.train, args.steps or cfg.train.max_steps, val_every=0)
+        self.micro_batch = cfg.train.batch_size // (info.world_size * cfg.train.grad_accum)
+        self.engines: dict[str, Any] = {}
+        self.before: dict[str, dict[str, float]] = {}
+        self.window = WindowMeans()
+
+    def frozen(self) -> dict[str, Any]:
+        t = self.cfg.train
+        return {"teacher": str(self.teacher_run.resolve()), "student_patch_nums": list(self.s_pns),
+                "train.batch_size": t.batch_size, "train.zero_stage": t.zero_stage, "train.precision": t.precision,
+                "world_size": self.info.world_size}
+
+    def setup(self) -> None:
+        from data_pipeline.pyramid_shards.loader import PyramidLoader
+
+        from pretrain.engine import build_engine
+
+        cfg, info = self.cfg, self.info
+        if info.is_main:
+            save_config(cfg, self.run)
+        self.teacher_view = schedule_model(self.teacher, self.s_pns).eval().requires_grad_(False)
+        student = schedule_model(self.teacher, self.s_pns).train()
+        self.engines = {"model": build_engine(student, cfg.train, self.schedule.total_steps, info.world_size)}
+        torch.manual_seed(cfg.seed * 1000 + info.rank)  # class dropout differs per rank, replays on resume
+        self.val = []
+        for label_B, idx_list in PyramidLoader(cfg, split="val", batch_size=cfg.train.batch_size, infinite=False):
+            self.val.append((label_B, idx_list))
+            if len(self.val) == self.args.val_batches:
+                break
+        with torch.no_grad():
+            self.s_val = [(lab, requantize(self.vae, idx, self.t_pns, self.s_pns)) for lab, idx in self.val]
+        self.loader = PyramidLoader(cfg, split="train", batch_size=self.micro_batch, rank=info.rank,
+                                    world_size=info.world_size, seed=cfg.seed, infinite=True)
+
+    def begin(self, progress: Progress, log: Log) -> None:
+        if progress.step == 0:  # the untrained student: the "before" of distill.json
+            student = self.engines["model"].module
+            self.before = {"student": token_metrics(student, self.vae, self.s_val),
+                           "teacher_at_student_states": token_metrics(self.teacher_view, self.vae, self.s_val),
+                           "teacher_own_schedule": token_metrics(self.teacher, self.vae, self.val)}
+            log(flat_metrics(0, self.before))
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+        return iter(self.loader)
+
+    def loss(self, batch: tuple[torch.Tensor, list[torch.Tensor]]) -> StepLoss:
+        label_B, idx_list = batch
         with torch.no_grad():  # data and teacher: no gradients
-            s_idx = requantize(vae, idx_list, t_pns, s_pns)
-            x_BLCv = vae.pyramid_to_var_input(s_idx, s_pns)
-            t_logits = teacher_view(label_B, x_BLCv)
-        loss, parts = distill_loss(engine(label_B, x_BLCv), t_logits, torch.cat(s_idx, 1), args.kl_weight, args.tau,
-                                   cfg.train.label_smoothing)
-        engine.backward(loss)
-        engine.step()
-        if info.is_main and (step % cfg.train.log_every == 0 or step == steps):
-            append_jsonl(out / "metrics.jsonl", {"kind": "distill", "step": step, "loss": loss.item(), **parts,
-                                                 "lr": engine.get_lr()[0], "time_s": time.time() - t0})
-    after = {"student": token_metrics(student, vae, s_val), **{k: v for k, v in before.items() if k != "student"}}
-    if info.is_main:
-        append_jsonl(out / "metrics.jsonl", {"kind": "val", "step": steps, **{f"{k}_{m}": v for k, d in after.items() for m, v in d.items()}})
-        cfg.tokenizer.patch_nums = list(s_pns)  # the student's schedule: what load_model builds it with
-        save_model(out / "model.pt", student.state_dict(), cfg, step=steps, tokens=steps * cfg.train.batch_size * student.L,
-                   tokenizer_hash=tokenizer_hash(default_tokenizer_path(cfg)))
-        report = {"teacher": str(teacher_run), "teacher_patch_nums": list(t_pns), "student_patch_nums": list(s_pns),
-                  "steps": steps, "kl_weight": args.kl_weight, "tau": args.tau, "before": before, "after": after}
-        atomic_write_json(out / "distill.json", report)
-        print(f"student {list(s_pns)} vs teacher {list(t_pns)} (val, teacher-forced):")
+            s_idx = requantize(self.vae, idx_list, self.t_pns, self.s_pns)
+            x_BLCv = self.vae.pyramid_to_var_input(s_idx, self.s_pns)
+            t_logits = self.teacher_view(label_B, x_BLCv)
+        loss, parts = distill_loss(self.engines["model"](label_B, x_BLCv), t_logits, torch.cat(s_idx, 1),
+                                   self.args.kl_weight, self.args.tau, self.cfg.train.label_smoothing)
+        return StepLoss({"model": loss}, parts)
+
+    def accumulate(self, out: StepLoss) -> None:
+        self.window.add({"loss": out.objectives["model"].detach(), **out.metrics})
+
+    def record(self, window: Window) -> dict[str, Any]:
+        return self.window.pop()  # means over the micro-batches since the previous record
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loader": self.loader.state_dict(), "window": self.window.state_dict(), "before": self.before}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state["loader"])
+        self.window.load_state_dict(state["window"])
+        self.before = state["before"]
+
+    def finish(self, progress: Progress, log: Log) -> None:
+        from pretrain.tokenizer import default_tokenizer_path, tokenizer_hash
+        from pretrain.train.export import save_model
+
+        steps, student = progress.step, self.engines["model"].module
+        after = {"student": token_metrics(student, self.vae, self.s_val),
+                 **{k: v for k, v in self.before.items() if k != "student"}}
+        log(flat_metrics(steps, after))
+        state_dict = consolidated_state_dict(self.engines["model"])  # whole under ZeRO-3 too
+        if not self.info.is_main:
+            return
+        student_cfg = copy.deepcopy(self.cfg)
+        student_cfg.tokenizer.patch_nums = list(self.s_pns)  # the student's schedule: what load_model builds it with
+        save_model(self.outputs[0], state_dict, student_cfg, step=steps,
+                   tokens=steps * self.cfg.train.batch_size * student.L,
+                   tokenizer_hash=tokenizer_hash(default_tokenizer_path(self.cfg)))
+        before, t_pns, s_pns = self.before, list(self.t_pns), list(self.s_pns)
+        report = {"teacher": str(self.teacher_run), "teacher_patch_nums": t_pns, "student_patch_nums": s_pns,
+                  "steps": steps, "kl_weight": self.args.kl_weight, "tau": self.args.tau, "before": before,
+                  "after": after}
+        atomic_write_json(self.outputs[1], report)
+        print(f"student {s_pns} vs teacher {t_pns} (val, teacher-forced):")
         for name, d in (("student before", before["student"]), ("student after", after["student"]),
                         ("teacher at student states", before["teacher_at_student_states"]),
                         ("teacher on own schedule", before["teacher_own_schedule"])):
             print(f"  {name:28s} loss {d['loss']:.4f}  acc {d['acc']:.4f}")
-    return 0
 
+
+def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
+    info = init_distributed()
+    task = DistillTask(cfg, args, info)
+    Trainer(task, task.run, info, run_name=cfg.run_name,
+            config=OmegaConf.to_container(OmegaConf.structured(cfg))).run()
+    return 0

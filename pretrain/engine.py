@@ -84,8 +84,14 @@ def deepspeed_config(train: TrainConfig, world_size: int, lr: float | None = Non
 
 
 def build_engine(model: nn.Module, train: TrainConfig, total_steps: int, world_size: int,
-                 lr: float | None = None) -> Any:
-    """Wrap ``model`` in a DeepSpeed engine with AdamW and the warmup/decay scheduler."""
+                 lr: float | None = None, optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+                 schedule: Callable[[torch.optim.Optimizer], Any] | None = None) -> Any:
+    """Wrap ``model`` in a DeepSpeed engine with AdamW and the warmup/decay scheduler.
+
+    A task with its own recipe (the resampling policy's Adam, the feature network's one-cycle
+    AdamW) passes ``optimizer`` (module -> torch optimizer) and ``schedule`` (optimizer -> lr
+    scheduler or None); DeepSpeed then steps that optimizer, still with ``train``'s batch, ZeRO
+    stage, precision and clipping."""
     import deepspeed
 
     config = deepspeed_config(train, world_size, lr)
@@ -95,11 +101,13 @@ def build_engine(model: nn.Module, train: TrainConfig, total_steps: int, world_s
         model = model.to(torch.bfloat16)
     if train.compile:
         model.compile()
-    schedule = lr_multiplier(train, total_steps)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        model_parameters=param_groups(model, train.weight_decay),
-        config=config,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
-    )
+    if optimizer is None:
+        multiplier = lr_multiplier(train, total_steps)
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=param_groups(model, train.weight_decay), config=config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, multiplier))
+        return engine
+    del config["optimizer"]
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer(model), config=config,
+                                           lr_scheduler=schedule)
     return engine

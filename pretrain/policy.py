@@ -22,6 +22,8 @@ pyramids for no refinement, fixed-threshold MR and the policy, with the cost of 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -30,13 +32,19 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
 from pretrain.config import SRDDConfig
 from pretrain.config.fields import ConfigError
-from pretrain.outputs import append_jsonl, atomic_path, atomic_write_json, save_config
+from pretrain.config.train import TrainConfig
+from pretrain.dist import DistInfo, init_distributed
+from pretrain.outputs import atomic_path, atomic_write_json, save_config
 from pretrain.pyramid.heads import CategoricalHead
 from pretrain.sampling.refine import Refiner, RefineCost, select_below, token_prob
+from pretrain.train.export import consolidated_state_dict
+from pretrain.train.task import Log, Progress, Schedule, StepLoss, TaskDefaults, Window, WindowMeans
+from pretrain.train.trainer import Trainer
 
 log = logging.getLogger("srdd.policy")
 FEATURES = ("entropy", "max_prob", "margin", "token_prob", "scale")
@@ -153,20 +161,88 @@ def collect_targets(model: Any, vae: Any, batches: Iterable[tuple[torch.Tensor, 
 
 
 # ---- training and evaluation ----------------------------------------------------------------
-def train_policy(feats_NF: torch.Tensor, gain_N: torch.Tensor, steps: int = 300, batch: int = 4096,
-                 lr: float = 3e-3, hidden: int = 32, seed: int = 0) -> ResamplePolicy:
-    """Regress the expected re-draw gain (MSE) with Adam on minibatches of tokens."""
-    torch.manual_seed(seed)
-    policy = ResamplePolicy(hidden)
-    opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        i = torch.randint(len(gain_N), (min(batch, len(gain_N)),), generator=g)
-        loss = F.mse_loss(policy(feats_NF[i]), gain_N[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return policy.eval()
+class PolicyTask(TaskDefaults):
+    """Regress the expected re-draw gain (MSE) with Adam on minibatches of tokens (engine ``model``),
+    on the harness (pretrain/train/trainer.py); at the end, evaluate on the held-out quarter.
+
+    The targets are collected again on a restart (the same forward passes, the same seeds): they
+    are a deterministic function of the model and the held-out pyramids."""
+
+    kind = "policy_train"
+
+    def __init__(self, model: Any, vae: Any, batches: Sequence[tuple[torch.Tensor, list[torch.Tensor]]],
+                 sample_cfg: Any, steps: int, out: Path, train: TrainConfig, info: DistInfo, seed: int = 0,
+                 source: str = "", batch: int = 4096, lr: float = 3e-3, hidden: int = 32):
+        cut = max(1, (3 * len(batches)) // 4)
+        self.train_b, self.val_b = batches[:cut], batches[cut:]
+        self.model, self.vae, self.sample_cfg, self.out, self.info = model, vae, sample_cfg, Path(out), info
+        self.seed, self.source, self.batch, self.lr, self.hidden = seed, source, batch, lr, hidden
+        self.outputs = (self.out / "policy.pt", self.out / "comparison.json")
+        self.schedule = Schedule.from_train(train, steps, grad_accum=1, val_every=0)
+        # its own recipe: Adam, no clipping, fp32, no ZeRO (a 1k-parameter MLP)
+        self.engine_cfg = dataclasses.replace(train, grad_accum=1, grad_clip=0.0, zero_stage=0, precision="fp32")
+        self.gen = torch.Generator().manual_seed(seed + info.rank)  # minibatch draws
+        self.engines: dict[str, Any] = {}
+        self.window = WindowMeans()
+
+    def frozen(self) -> dict[str, Any]:
+        return {"source": self.source, "held_out_batches": len(self.train_b) + len(self.val_b), "hidden": self.hidden,
+                "batch": self.batch, "seed": self.seed, "world_size": self.info.world_size}
+
+    def setup(self) -> None:
+        from pretrain.engine import build_engine
+
+        self.feats_NF, self.gain_N = collect_targets(self.model, self.vae, self.train_b, self.sample_cfg, self.seed)
+        self.micro = max(1, min(self.batch, len(self.gain_N)) // self.info.world_size)
+        torch.manual_seed(self.seed)  # identical init on every rank
+        policy = ResamplePolicy(self.hidden)
+        engine_cfg = dataclasses.replace(self.engine_cfg, batch_size=self.micro * self.info.world_size)
+        self.engines = {"model": build_engine(policy, engine_cfg, self.schedule.total_steps, self.info.world_size,
+                                              optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=self.lr))}
+
+    def batches(self) -> Iterator[torch.Tensor]:
+        while True:  # drawn lazily, so the generator state at a checkpoint is the position
+            yield torch.randint(len(self.gain_N), (self.micro,), generator=self.gen)
+
+    def loss(self, i_N: torch.Tensor) -> StepLoss:
+        return StepLoss({"model": F.mse_loss(self.engines["model"](self.feats_NF[i_N]), self.gain_N[i_N])})
+
+    def accumulate(self, out: StepLoss) -> None:
+        self.window.add({"loss": out.objectives["model"].detach()})
+
+    def record(self, window: Window) -> dict[str, Any]:
+        return self.window.pop()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state(), "window": self.window.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["gen"])
+        self.window.load_state_dict(state["window"])
+
+    def finish(self, progress: Progress, log: Log) -> None:
+        state_dict = consolidated_state_dict(self.engines["model"])
+        if not self.info.is_main:
+            return
+        policy = ResamplePolicy(self.hidden)
+        policy.load_state_dict(state_dict)
+        report = evaluate_policy(policy.eval(), self.model, self.vae, self.val_b, self.sample_cfg, self.seed)
+        report["train_tokens"] = len(self.gain_N)
+        log({"kind": "policy", "step": progress.step, **{k: v for k, v in report.items() if k != "comparison"}})
+        save_policy(policy, self.outputs[0], {"ckpt": self.source, "val_mse": report["val_mse"]})
+        atomic_write_json(self.outputs[1], report)
+
+
+def evaluate_policy(policy: ResamplePolicy, model: Any, vae: Any, val_b: Sequence[tuple[torch.Tensor, list[torch.Tensor]]],
+                    sample_cfg: Any, seed: int = 0) -> dict[str, Any]:
+    """Held-out regression error, selection quality and the refiner comparison (comparison.json)."""
+    vfeats, vgains = collect_targets(model, vae, val_b, sample_cfg, seed + 1)
+    with torch.no_grad():
+        val_mse = float(F.mse_loss(policy(vfeats), vgains))
+    rounds = max(1, sample_cfg.refine_rounds)
+    return {"val_tokens": len(vgains), "val_mse": val_mse, "val_mse_zero": float(vgains.square().mean()),
+            "selection": selection_quality(policy, vfeats, vgains, seed=seed), "rounds": rounds,
+            "comparison": compare_refiners(model, vae, val_b, sample_cfg, policy, rounds, seed)}
 
 
 def selection_quality(policy: ResamplePolicy, feats_NF: torch.Tensor, gain_N: torch.Tensor, frac: float = 0.1,
@@ -237,20 +313,14 @@ def heldout_batches(cfg: SRDDConfig, n: int) -> list[tuple[torch.Tensor, list[to
 
 
 def run_policy_study(model: Any, vae: Any, batches: Sequence[tuple[torch.Tensor, list[torch.Tensor]]], sample_cfg: Any,
-                     steps: int, seed: int = 0) -> tuple[ResamplePolicy, dict[str, Any]]:
-    """Train on the first 3/4 of ``batches``, evaluate selection and refinement on the rest."""
-    cut = max(1, (3 * len(batches)) // 4)
-    train_b, val_b = batches[:cut], batches[cut:]
-    feats, gains = collect_targets(model, vae, train_b, sample_cfg, seed)
-    policy = train_policy(feats, gains, steps=steps, seed=seed)
-    vfeats, vgains = collect_targets(model, vae, val_b, sample_cfg, seed + 1)
-    with torch.no_grad():
-        val_mse = float(F.mse_loss(policy(vfeats), vgains))
-    rounds = max(1, sample_cfg.refine_rounds)
-    report = {"train_tokens": len(gains), "val_tokens": len(vgains), "val_mse": val_mse,
-              "val_mse_zero": float(vgains.square().mean()), "selection": selection_quality(policy, vfeats, vgains, seed=seed),
-              "rounds": rounds, "comparison": compare_refiners(model, vae, val_b, sample_cfg, policy, rounds, seed)}
-    return policy, report
+                     steps: int, out: Path, train: TrainConfig, seed: int = 0, source: str = "",
+                     wandb_config: dict[str, Any] | None = None) -> tuple[ResamplePolicy, dict[str, Any]]:
+    """Train on the first 3/4 of ``batches`` (state, checkpoints and metrics in ``out``), evaluate
+    selection and refinement on the rest; (policy, the comparison.json report). All ranks call it."""
+    info = init_distributed()
+    task = PolicyTask(model, vae, batches, sample_cfg, steps, out, train, info, seed, source)
+    Trainer(task, task.out, info, config=wandb_config).run()
+    return load_policy(task.outputs[0]), json.loads(task.outputs[1].read_text())
 
 
 def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
@@ -258,10 +328,11 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
 
     model, vae, run, _ = load_for_sampling(args.ckpt)
     out = Path(args.out) if args.out else run / "policy"
-    policy, report = run_policy_study(model, vae, heldout_batches(cfg, args.batches), cfg.sample, args.steps, cfg.seed)
-    save_policy(policy, out / "policy.pt", {"ckpt": str(run / "model.pt"), "val_mse": report["val_mse"]})
-    atomic_write_json(out / "comparison.json", report)
-    append_jsonl(out / "metrics.jsonl", {"kind": "policy", **{k: v for k, v in report.items() if k != "comparison"}})
+    policy, report = run_policy_study(model, vae, heldout_batches(cfg, args.batches), cfg.sample, args.steps, out,
+                                      cfg.train, cfg.seed, source=str(run / "model.pt"),
+                                      wandb_config=OmegaConf.to_container(OmegaConf.structured(cfg)))
+    if not init_distributed().is_main:
+        return 0
     save_config(cfg, out)
     sel = report["selection"]
     print(f"selection on held-out targets (top {sel['frac']:.0%}): policy gain {sel['policy_gain']:.4f}  "

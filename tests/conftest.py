@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 from tests.plugins.artifacts import *  # noqa: F401,F403,E402  (MNIST shards, pyramid shards: data area)
 from tests.plugins.slurm_cluster import *  # noqa: F401,F403,E402  (the local SLURM cluster: slurm area)
 from tests.plugins.tokenizer_artifacts import *  # noqa: F401,F403,E402  (tiny tokenizer checkpoint: tokenizer area)
+from tests.plugins.training_runs import *  # noqa: F401,F403,E402  (the shared 2-rank train run: train area)
 
 
 @pytest.fixture(autouse=True)

@@ -9,60 +9,35 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from pretrain.outputs import read_jsonl
+from tests.plugins.training_runs import kill_when, last_step, records, srdd_cmd, srdd_env
 
 REPO = Path(__file__).resolve().parents[1]
 NETGUARD = REPO / "tests" / "fixtures" / "netguard"
 
 
-def _env(home: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "SRDD_HOME": str(home), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **extra}
-
-
 def _train_cmd(run: str, pyramid_shards: Path, tokenizer: Path) -> list[str]:
-    return [sys.executable, "-m", "pretrain.cli", "train", f"run_name={run}", "model.size=d1",
-            f"data.pyramids_dir={pyramid_shards}", f"tokenizer.ckpt={tokenizer}", "train.batch_size=8",
-            "train.max_steps=24", "train.ckpt_every=3", "train.keep_last=2", "train.log_every=1",
-            "train.val_every=0", "train.lr_peak=1e-3", "train.wandb=disabled"]
+    return srdd_cmd("train", [f"run_name={run}", "model.size=d1", f"data.pyramids_dir={pyramid_shards}",
+                              f"tokenizer.ckpt={tokenizer}", "train.batch_size=8", "train.max_steps=24",
+                              "train.ckpt_every=3", "train.keep_last=2", "train.log_every=1", "train.val_every=0",
+                              "train.lr_peak=1e-3", "train.wandb=disabled"])
 
 
 def _train_losses(run_dir: Path) -> dict[int, float]:
     """step -> loss, the last record of each step winning (a resumed run re-logs replayed steps)."""
-    return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "train"}
-
-
-def _logged_steps(run_dir: Path) -> int:
-    return max(_train_losses(run_dir), default=0)
-
-
-def _kill_when(proc: subprocess.Popen, ready, timeout_s: float = 300) -> bool:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds; False if it finished first."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        if ready():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.005)
-    proc.kill()
-    raise TimeoutError("training never reached the kill point")
+    return {step: r["loss"] for step, r in records(run_dir, "train").items()}
 
 
 @pytest.mark.slow
 def test_sigkill_three_times_and_during_a_save_then_same_losses(tmp_path, pyramid_shards, tiny_tokenizer_ckpt):
     home = tmp_path / "home"
     cmd = lambda run: _train_cmd(run, pyramid_shards, tiny_tokenizer_ckpt)  # noqa: E731
-    ref = subprocess.run(cmd("straight"), env=_env(home), capture_output=True, text=True, timeout=600)
+    ref = subprocess.run(cmd("straight"), env=srdd_env(home), capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr[-2000:]
     reference = _train_losses(home / "straight")
     assert sorted(reference) == list(range(1, 25))
@@ -73,15 +48,15 @@ def test_sigkill_three_times_and_during_a_save_then_same_losses(tmp_path, pyrami
     log = tmp_path / "killed.log"
     for target in kill_steps:  # three SIGKILLs at random training steps
         with open(log, "a") as out:
-            proc = subprocess.Popen(cmd("killed"), env=_env(home), stdout=out, stderr=subprocess.STDOUT)
-            assert _kill_when(proc, lambda: _logged_steps(run_dir) >= target), \
+            proc = subprocess.Popen(cmd("killed"), env=srdd_env(home), stdout=out, stderr=subprocess.STDOUT)
+            assert kill_when(proc, lambda: last_step(run_dir, "train") >= target), \
                 f"run ended (exit {proc.returncode}) before step {target}:\n{log.read_text()[-3000:]}"
 
     # One more SIGKILL while a checkpoint is being written (its .tmp directory exists).
     ckpts = run_dir / "checkpoints"
     with open(log, "a") as out:
-        proc = subprocess.Popen(cmd("killed"), env=_env(home), stdout=out, stderr=subprocess.STDOUT)
-    killed_in_save = _kill_when(proc, lambda: any(p.name.endswith(".tmp") for p in ckpts.glob(".step_*")))
+        proc = subprocess.Popen(cmd("killed"), env=srdd_env(home), stdout=out, stderr=subprocess.STDOUT)
+    killed_in_save = kill_when(proc, lambda: any(p.name.endswith(".tmp") for p in ckpts.glob(".step_*")))
     if killed_in_save:
         from pretrain.train.checkpoint import MARKER
 
@@ -90,7 +65,7 @@ def test_sigkill_three_times_and_during_a_save_then_same_losses(tmp_path, pyrami
         for p in complete:  # every checkpoint that claims completeness has its metadata
             json.loads((p / "meta.json").read_text())
 
-    done = subprocess.run(cmd("killed"), env=_env(home), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd("killed"), env=srdd_env(home), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert _train_losses(run_dir) == reference  # bit-identical loss at every step
     assert json.loads((run_dir / "final.json").read_text())["val_loss"] == \
@@ -110,7 +85,7 @@ def test_netguard_catches_a_non_local_connection(tmp_path):
 def test_demo_quick_end_to_end_offline_and_resumable(tmp_path):
     """The whole study at toy budgets, with every non-loopback connection failing and logged."""
     home, log = tmp_path / "home", tmp_path / "net.log"
-    env = _env(home, PYTHONPATH=f"{NETGUARD}{os.pathsep}{REPO}", SRDD_NETGUARD_LOG=str(log))
+    env = srdd_env(home, PYTHONPATH=f"{NETGUARD}{os.pathsep}{REPO}", SRDD_NETGUARD_LOG=str(log))
     cmd = [sys.executable, "-m", "pretrain.cli", "demo", "--quick", "--sizes", "d1,d2", "--tokens", "8000",
            "--eval-samples", "40"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)

@@ -69,10 +69,10 @@ def test_policy_file_round_trips_and_bad_files_are_rejected(tmp_path):
         load_policy(tmp_path / "bad.pt")
 
 
-def test_policy_beats_random_selection_on_held_out_targets(trained):
+def test_policy_beats_random_selection_on_held_out_targets(trained, tmp_path):
     model, vae, heldout = trained
-    sample_cfg = load_config(overrides=["sample.refine=mr", "sample.refine_rounds=1"]).sample
-    policy, report = run_policy_study(model, vae, heldout, sample_cfg, steps=100)
+    cfg = load_config(overrides=["sample.refine=mr", "sample.refine_rounds=1", "train.wandb=disabled"])
+    policy, report = run_policy_study(model, vae, heldout, cfg.sample, steps=100, out=tmp_path / "policy", train=cfg.train)
     sel = report["selection"]
     assert report["train_tokens"] == 4 * 8 * 130 and report["val_tokens"] == 2 * 8 * 130
     assert sel["policy_gain"] > sel["random_gain"] + 0.03, sel  # ~2 standard errors of 208 random picks

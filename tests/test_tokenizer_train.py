@@ -12,7 +12,7 @@ from pretrain.tokenizer.checkpoint import load_tokenizer
 TINY = ["tokenizer.ch=8", "tokenizer.ch_mult=[1,2]", "tokenizer.z_channels=4", "tokenizer.vocab_size=32",
         "tokenizer.norm_groups=4", "tokenizer.patch_nums=[1,2,4,8]", "data.resolution=16",
         "tokenizer.batch_size=16", "tokenizer.lr=3e-3", "tokenizer.log_every=10", "tokenizer.val_every=0",
-        "tokenizer.val_batches=2", "tokenizer.dead_code_every=10", "train.warmup_frac=0"]
+        "tokenizer.val_batches=2", "tokenizer.dead_code_every=10", "train.warmup_frac=0", "train.wandb=disabled"]
 
 
 @pytest.fixture
@@ -66,4 +66,4 @@ def test_perceptual_and_patchgan_terms_are_trained_and_logged(digits, tmp_path):
     train = [r for r in read_jsonl(run_dir(cfg) / "metrics.jsonl") if r["kind"] == "tokenizer_train"]
     assert "g" not in train[0] and {"g", "d", "perceptual"} <= set(train[1])
     assert train[1]["perceptual"] > 0 and train[1]["d"] > 0
-    assert (run_dir(cfg) / "checkpoints" / "disc" / "step_00000004").is_dir()
+    assert (run_dir(cfg) / "checkpoints" / "step_00000004" / "ds_disc").is_dir()  # D is checkpointed with G

@@ -18,7 +18,8 @@ from pretrain.outputs import read_jsonl
 from pretrain.train.budget import tokens_per_sample, total_steps
 from pretrain.train.checkpoint import MARKER, CheckpointManager, check_compatible, frozen_keys
 from pretrain.pyramid.heads import token_losses
-from pretrain.train.step import ScaleStats
+from pretrain.train.token_loss import ScaleStats
+from tests.plugins.training_runs import STRAIGHT_TRAIN, run_srdd, train_overrides
 
 CONTRACT_TRAIN = {"kind", "step", "tokens", "samples", "flops", "lr", "grad_norm", "loss", "acc", "loss_per_scale",
                   "acc_per_scale", "tokens_per_s", "time_s"}
@@ -139,7 +140,8 @@ def test_nan_guard_skips_bad_batches_then_stops(monkeypatch, tiny_tokenizer_ckpt
     from pretrain.engine import build_engine
     from pretrain.model import build_model
     from pretrain.train.signals import StopRequest
-    from pretrain.train.step import NonFiniteLossError, Stepper
+    from pretrain.train.step import NonFiniteLossError, OptimizerStep
+    from pretrain.train.token_loss import TokenObjective
 
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     info = init_distributed()
@@ -153,37 +155,26 @@ def test_nan_guard_skips_bad_batches_then_stops(monkeypatch, tiny_tokenizer_ckpt
     stop = StopRequest(tmp_path)
     try:
         stream = iter([good, bad, bad, good, bad, bad, bad])
-        stepper = Stepper(engine, stream, ScaleStats(tok.patch_nums), 0.1, 1, cfg.train.max_bad_steps, info.device)
+        step = OptimizerStep({"model": engine}, 1, cfg.train.max_bad_steps, info.device)
+        objective = TokenObjective(engine, ScaleStats(tok.patch_nums), 0.1)
         before = [p.detach().clone() for p in engine.module.parameters()]
-        assert stepper.step(stop).skipped_batches == 0
+        assert step(objective, stream, stop).skipped_batches == 0
         after_one = [p.detach().clone() for p in engine.module.parameters()]
-        outcome = stepper.step(stop)  # bad, bad (2 = max_bad: tolerated), then good
+        outcome = step(objective, stream, stop)  # bad, bad (2 = max_bad: tolerated), then good
         assert outcome.skipped_batches == 2 and engine.global_steps == 2
         assert all(torch.isfinite(p).all() for p in engine.module.parameters())
         assert any(not torch.equal(a, b) for a, b in zip(before, after_one))
         with pytest.raises(NonFiniteLossError, match="3 consecutive batches.*train.max_bad_steps=2"):
-            stepper.step(stop)
+            step(objective, stream, stop)
         assert engine.global_steps == 2  # no update from a bad batch
     finally:
         stop.restore()
 
 
 # ---- end to end: torchrun, 2 gloo ranks ------------------------------------------------------
-def _srdd_train(home: Path, overrides: list[str], ranks: int = 2, check: bool = True) -> subprocess.CompletedProcess:
-    cli = ["-m", "pretrain.cli", "train", *overrides]
-    cmd = [sys.executable, *(["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else []), *cli]
-    env = {**os.environ, "SRDD_HOME": str(home), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"srdd train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
-
-
 @pytest.fixture
 def base_overrides(pyramid_shards, tiny_tokenizer_ckpt) -> list[str]:
-    return [f"tokenizer.ckpt={tiny_tokenizer_ckpt}", f"data.pyramids_dir={pyramid_shards}", "model.size=d1",
-            "train.batch_size=8", "train.lr_peak=3e-3", "train.warmup_frac=0.1", "train.log_every=1",
-            "train.val_batches=2", "train.num_workers=0", "train.wandb=disabled"]
+    return train_overrides(pyramid_shards, tiny_tokenizer_ckpt)
 
 
 def _losses(run: Path, kind: str) -> list[tuple[int, float]]:
@@ -191,11 +182,9 @@ def _losses(run: Path, kind: str) -> list[tuple[int, float]]:
 
 
 @pytest.mark.slow
-def test_zero2_two_ranks_trains_and_resumes_exactly(srdd_home, base_overrides):
+def test_zero2_two_ranks_trains_and_resumes_exactly(srdd_home, base_overrides, straight_train_run):
     """2N steps straight == N steps, stop (checkpoint), resume N: identical loss sequence."""
-    common = [*base_overrides, "train.zero_stage=2", "train.max_steps=8", "train.val_every=4", "train.ckpt_every=4"]
-    _srdd_train(srdd_home, [*common, "run_name=straight", "train.wandb=offline"])
-    straight = srdd_home / "straight"
+    straight = straight_train_run
     records = read_jsonl(straight / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == list(range(1, 9))
@@ -214,13 +203,15 @@ def test_zero2_two_ranks_trains_and_resumes_exactly(srdd_home, base_overrides):
     model, cfg, meta = load_model(straight / "model.pt")
     assert cfg.model.size == "d1" and meta["step"] == 8 and model.num_params() == final["params"]
 
-    _srdd_train(srdd_home, [*common, "run_name=resumed", "train.stop_after=4"])
+    common = [*base_overrides, *STRAIGHT_TRAIN]
+    run_srdd(srdd_home, "train", [*common, "run_name=resumed", "train.stop_after=4"], ranks=2)
     assert not (srdd_home / "resumed" / "final.json").exists()
-    _srdd_train(srdd_home, [*common, "run_name=resumed"])
+    run_srdd(srdd_home, "train", [*common, "run_name=resumed"], ranks=2)
     assert _losses(srdd_home / "resumed", "train") == _losses(straight, "train")
     assert _losses(srdd_home / "resumed", "val") == _losses(straight, "val")
 
-    refused = _srdd_train(srdd_home, [*common, "run_name=resumed", "model.size=d2", "model.mask=srdd"], ranks=1, check=False)
+    refused = run_srdd(srdd_home, "train", [*common, "run_name=resumed", "model.size=d2", "model.mask=srdd"],
+                       check=False)
     assert refused.returncode == 2
     assert "model.size: checkpoint 'd1' != config 'd2'" in refused.stderr
     assert "model.attn_window: checkpoint None != config 0" in refused.stderr
@@ -228,8 +219,9 @@ def test_zero2_two_ranks_trains_and_resumes_exactly(srdd_home, base_overrides):
 
 @pytest.mark.slow
 def test_zero3_two_ranks_with_grad_accumulation_lowers_loss(srdd_home, base_overrides):
-    _srdd_train(srdd_home, [*base_overrides, "train.zero_stage=3", "train.grad_accum=2", "train.max_steps=8",
-                            "train.val_every=0", "train.ckpt_every=100", "model.mask=srdd", "run_name=z3"])
+    run_srdd(srdd_home, "train", [*base_overrides, "train.zero_stage=3", "train.grad_accum=2", "train.max_steps=8",
+                                  "train.val_every=0", "train.ckpt_every=100", "model.mask=srdd", "run_name=z3"],
+             ranks=2)
     train = _losses(srdd_home / "z3", "train")
     assert len(train) == 8 and train[-1][1] < train[0][1] - 0.3, train
     val = _losses(srdd_home / "z3", "val")

@@ -57,10 +57,13 @@ class ClassifierCNN(nn.Module):
         return feats_BD, F.softmax(self.head(feats_BD), dim=1)
 
 
-def save_classifier(net: ClassifierCNN, path: str | os.PathLike, meta: dict[str, Any]) -> str:
-    """Write ``{"format", "arch", "meta", "state_dict"}`` atomically; returns the file's sha256."""
+def save_classifier(net: ClassifierCNN, path: str | os.PathLike, meta: dict[str, Any],
+                    state_dict: dict[str, torch.Tensor] | None = None) -> str:
+    """Write ``{"format", "arch", "meta", "state_dict"}`` atomically; returns the file's sha256.
+    ``state_dict`` (default: the module's own) is what training passes: its consolidated weights."""
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "arch": net.arch, "meta": meta, "state_dict": net.state_dict()}, tmp)
+        torch.save({"format": FORMAT, "arch": net.arch, "meta": meta,
+                    "state_dict": net.state_dict() if state_dict is None else state_dict}, tmp)
     return file_sha256(path)
 
 

@@ -52,11 +52,13 @@ def tokenizer_hash(path: str | os.PathLike) -> str:
 
 
 def save_tokenizer(vae: MultiScaleVQVAE, path: str | os.PathLike,
-                   tokenizer_cfg: TokenizerConfig | Mapping[str, Any]) -> Path:
-    """Write the tokenizer file atomically; the config records the model's actual architecture."""
+                   tokenizer_cfg: TokenizerConfig | Mapping[str, Any],
+                   state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
+    """Write the tokenizer file atomically; the config records the model's actual architecture.
+    ``state_dict`` (default: the module's own) is what training passes when ZeRO-3 partitions ``vae``."""
     config = dataclasses.asdict(tokenizer_cfg) if dataclasses.is_dataclass(tokenizer_cfg) else dict(tokenizer_cfg)
     config.update(vae.arch)
-    state_dict = {k: v.detach().cpu().clone() for k, v in vae.state_dict().items()}
+    state_dict = {k: v.detach().cpu().clone() for k, v in (state_dict or vae.state_dict()).items()}
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, "config": config, "state_dict": state_dict}, tmp)
     return Path(path)

@@ -5,11 +5,12 @@ Loss per step (VQGAN recipe on VAR's quantiser):
   gradients pass straight through the whole residual quantiser)
   + perceptual_weight * LPIPS (tokenizer.lpips: alex/vgg on the packaged weights, pretrain/tokenizer/lpips.py)
   + disc_weight * hinge generator loss of a PatchGAN (from step tokenizer.disc_start on).
-Data parallel over ranks with a DeepSpeed engine (pretrain.engine.build_engine); the codebook
-is initialised from the first batch's encoder outputs and dead codes are restarted every
+Data parallel over ranks on the training harness (pretrain/train/trainer.py) with two DeepSpeed
+engines, ``model`` (the VQ-VAE) and ``disc`` (the PatchGAN, when on); the codebook is
+initialised from the first batch's encoder outputs and dead codes are restarted every
 ``dead_code_every`` steps. Outputs under <SRDD_HOME>/<run_name>/: config.yaml, metrics.jsonl
-(``tokenizer_train`` / ``tokenizer_val`` records), checkpoints/step_XXXXXXXX/ (resumed
-automatically) and tokenizer.pt (the exported model, srdd-tokenizer-v1).
+(``tokenizer_train`` / ``tokenizer_val`` records), checkpoints/step_XXXXXXXX/ (the harness's
+format; resumed automatically) and tokenizer.pt (the exported model, srdd-tokenizer-v1).
 """
 from __future__ import annotations
 
@@ -17,25 +18,27 @@ import argparse
 import dataclasses
 import logging
 import math
-import shutil
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
 from pretrain.config import SRDDConfig
 from pretrain.config.fields import ConfigError
-from pretrain.dist import init_distributed
+from pretrain.dist import DistInfo, init_distributed
 from pretrain.engine import build_engine
-from pretrain.outputs import append_jsonl, run_dir, save_config
-from pretrain.tokenizer.checkpoint import build_tokenizer, save_tokenizer
+from pretrain.outputs import run_dir, save_config
+from pretrain.tokenizer.checkpoint import arch_kwargs, build_tokenizer, save_tokenizer
 from pretrain.tokenizer.codebook import CodebookMonitor
 from pretrain.tokenizer.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from pretrain.tokenizer.lpips import build_perceptual
 from pretrain.tokenizer.vqvae import MultiScaleVQVAE
+from pretrain.train.export import consolidated_state_dict
+from pretrain.train.task import Log, Progress, Schedule, StepLoss, TaskDefaults, Window, WindowMeans
+from pretrain.train.trainer import Trainer
 
 log = logging.getLogger("srdd.tokenizer")
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
@@ -63,45 +66,6 @@ def check_config(cfg: SRDDConfig, vae: MultiScaleVQVAE) -> None:
         raise ConfigError(
             f"data.resolution={side} with tokenizer.ch_mult={cfg.tokenizer.ch_mult} (downsampling {vae.downsample}) "
             f"gives a {side // vae.downsample}px latent, but tokenizer.patch_nums ends at {vae.patch_nums[-1]}")
-
-
-class Checkpoints:
-    """checkpoints/step_XXXXXXXX/ (DeepSpeed engine + loop state); the discriminator under disc/."""
-
-    def __init__(self, root: Path, keep_last: int, milestones: list[int]):
-        self.root, self.keep_last, self.milestones = root, keep_last, set(milestones)
-
-    @staticmethod
-    def tag(step: int) -> str:
-        return f"step_{step:08d}"
-
-    def latest_tag(self) -> str | None:
-        latest = self.root / "latest"
-        return latest.read_text().strip() if latest.is_file() else None
-
-    def save(self, step: int, engine: Any, disc: Any | None, state: dict[str, Any], is_main: bool) -> None:
-        tag = self.tag(step)
-        if disc is not None:
-            disc.save_checkpoint(str(self.root / "disc"), tag=tag, save_latest=False)
-        engine.save_checkpoint(str(self.root), tag=tag, client_state=state)  # writes `latest` last
-        if is_main:
-            self.prune(keep=tag)
-
-    def prune(self, keep: str) -> None:
-        steps = sorted(p.name for p in self.root.glob("step_*") if p.is_dir())
-        for name in steps[:-self.keep_last]:
-            if name != keep and int(name[5:]) not in self.milestones:
-                shutil.rmtree(self.root / name, ignore_errors=True)
-                shutil.rmtree(self.root / "disc" / name, ignore_errors=True)
-
-    def load(self, engine: Any, disc: Any | None) -> dict[str, Any] | None:
-        tag = self.latest_tag()
-        if tag is None:
-            return None
-        _, state = engine.load_checkpoint(str(self.root), tag=tag)
-        if disc is not None and (self.root / "disc" / tag).is_dir():
-            disc.load_checkpoint(str(self.root / "disc"), tag=tag, load_optimizer_states=True)
-        return state
 
 
 @torch.no_grad()
@@ -132,101 +96,139 @@ def validate(vae: MultiScaleVQVAE, batches: Batches, max_batches: int) -> dict[s
             "usage_per_scale": [round(float(u), 4) for u in (hits_KV > 0).float().mean(1)]}
 
 
-def main(cfg: SRDDConfig, args: argparse.Namespace | None = None) -> int:
-    from data_pipeline.image_shards.loader import image_stream  # (img_B3HW, label_B) batches, resumable
+class TokenizerTask(TaskDefaults):
+    """`srdd tokenizer-train` on the harness: engines ``model`` (VQ-VAE) and ``disc`` (PatchGAN, optional)."""
 
-    tok = cfg.tokenizer
-    info = init_distributed()
-    torch.manual_seed(cfg.seed)
-    vae = build_tokenizer(tok)
-    check_config(cfg, vae)
-    perceptual = build_perceptual(tok, info.device)
-    out = run_dir(cfg)
-    if info.is_main:
-        save_config(cfg, out)
-    micro = tok.batch_size // info.world_size
-    engine = build_engine(vae, engine_train_config(cfg, tok.lr), tok.steps, info.world_size)
-    disc = None
-    if tok.disc_start >= 0:
-        disc = build_engine(PatchDiscriminator(), engine_train_config(cfg, tok.lr), tok.steps, info.world_size)
-    ckpts = Checkpoints(out / "checkpoints", cfg.train.keep_last, cfg.train.milestones)
-    state = ckpts.load(engine, disc) or {}
-    start = int(state.get("step", 0))
-    monitor = CodebookMonitor(vae.quantize)
-    gen = torch.Generator().manual_seed(cfg.seed + 7919 * start)
-    train_stream = image_stream(cfg, "train", micro, info.rank, info.world_size, cfg.seed, True)
-    if start:
-        monitor.restart_hits_V = state["restart_hits_V"].float().cpu()
-        monitor.updates = int(state["monitor_updates"])
-        # every rank has consumed the same number of batches: rank 0's position is everyone's
-        train_stream.load_state_dict({**state["data"], "world_size": info.world_size})
-    train_it = iter(train_stream)
-    metrics = out / "metrics.jsonl"
-    # Codes are edited in place on the module: only when no optimiser keeps its own master copy.
-    restarts = tok.dead_code_every > 0 and cfg.train.zero_stage == 0 and cfg.train.precision == "fp32"
-    if tok.dead_code_every and not restarts:
-        log.warning("dead-code restarts off: they need train.zero_stage=0 and train.precision=fp32")
-    if start == 0 and restarts:
-        monitor.restart_dead(batch_residuals(vae, next(train_it)[0].to(info.device)), gen)
-    log.info("tokenizer-train: %s params, %d ranks x %d images, steps %d -> %d, run dir %s",
-             f"{sum(p.numel() for p in vae.parameters()):,}", info.world_size, micro, start, tok.steps, out)
+    kind = "tokenizer_train"
 
-    def val_record(step: int) -> None:
-        val_it = iter(image_stream(cfg, "val", micro, info.rank, info.world_size, cfg.seed, False))
-        record = {"kind": "tokenizer_val", "step": step, **validate(vae, val_it, tok.val_batches)}
+    def __init__(self, cfg: SRDDConfig, info: DistInfo):
+        tok = cfg.tokenizer
+        self.cfg, self.tok, self.info = cfg, tok, info
+        self.run = run_dir(cfg)
+        self.outputs = (self.run / "tokenizer.pt",)
+        self.schedule = Schedule.from_train(cfg.train, tok.steps, grad_accum=1, log_every=tok.log_every,
+                                            val_every=tok.val_every, ckpt_every=tok.ckpt_every)
+        self.micro = tok.batch_size // info.world_size
+        # Codes are edited in place on the module: only when no optimiser keeps its own master copy.
+        self.restarts = tok.dead_code_every > 0 and cfg.train.zero_stage == 0 and cfg.train.precision == "fp32"
+        if tok.dead_code_every and not self.restarts:
+            log.warning("dead-code restarts off: they need train.zero_stage=0 and train.precision=fp32")
+        self.engines: dict[str, Any] = {}
+        self.step = 0  # the step being computed (0-based): the discriminator joins at tokenizer.disc_start
+        self.window, self.restarted = WindowMeans(), 0  # loss terms; dead codes restarted in the window
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # dead-code restart draws
+
+    def frozen(self) -> dict[str, Any]:
+        return {**{f"tokenizer.{k}": v for k, v in arch_kwargs(self.tok).items()},
+                "tokenizer.batch_size": self.tok.batch_size, "discriminator": self.tok.disc_start >= 0,
+                "train.zero_stage": self.cfg.train.zero_stage, "train.precision": self.cfg.train.precision,
+                "world_size": self.info.world_size}
+
+    def setup(self) -> None:
+        from data_pipeline.image_shards.loader import image_stream  # (img_B3HW, label_B) batches, resumable
+
+        cfg, tok, info = self.cfg, self.tok, self.info
+        torch.manual_seed(cfg.seed)
+        self.vae = build_tokenizer(tok)
+        check_config(cfg, self.vae)
+        self.perceptual = build_perceptual(tok, info.device)
         if info.is_main:
-            append_jsonl(metrics, record)
+            save_config(cfg, self.run)
+        self.engines = {"model": build_engine(self.vae, engine_train_config(cfg, tok.lr), tok.steps, info.world_size)}
+        if tok.disc_start >= 0:
+            self.engines["disc"] = build_engine(PatchDiscriminator(), engine_train_config(cfg, tok.lr), tok.steps,
+                                                info.world_size)
+        self.monitor = CodebookMonitor(self.vae.quantize)
+        self.stream = image_stream(cfg, "train", self.micro, info.rank, info.world_size, cfg.seed, True)
+        log.info("tokenizer-train: %s params, %d ranks x %d images, %d steps, run dir %s",
+                 f"{sum(p.numel() for p in self.vae.parameters()):,}", info.world_size, self.micro, tok.steps, self.run)
+
+    def begin(self, progress: Progress, log_record: Log) -> None:
+        self.step = progress.step
+        self.train_it = iter(self.stream)  # after any resume: starts at the restored position
+        if progress.step == 0 and self.restarts:
+            self.monitor.restart_dead(batch_residuals(self.vae, next(self.train_it)[0].to(self.info.device)), self.gen)
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.train_it
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> StepLoss:
+        img = batch[0].to(self.info.device)
+        terms, rec, idx_list = step_losses(self.engines["model"], self.engines.get("disc"), self.perceptual, img,
+                                           self.tok, self.step)
+        objectives = {"model": sum(terms.values())}
+        if "g" in terms:  # the discriminator trains from the step the generator starts using it
+            objectives["disc"] = hinge_d_loss(self.engines["disc"](img), self.engines["disc"](rec))
+        return StepLoss(objectives, {"terms": terms, "img": img, "idx_list": idx_list})
+
+    def accumulate(self, out: StepLoss) -> None:
+        self.monitor.record(out.metrics["idx_list"])
+        terms = {**out.metrics["terms"], **({"d": out.objectives["disc"]} if "disc" in out.objectives else {})}
+        self.window.add({k: v.detach() for k, v in terms.items()})
+        self.last_img = out.metrics["img"]
+
+    def after_step(self, step: int) -> None:
+        self.step = step
+        if self.restarts and step % self.tok.dead_code_every == 0 and step < self.tok.steps:
+            self.restarted += self.monitor.restart_dead(batch_residuals(self.vae, self.last_img), self.gen)
+
+    def record(self, window: Window) -> dict[str, Any]:
+        record = {**self.window.pop(), "restarted": self.restarted,
+                  **self.monitor.summary(), "images_per_s": window.steps * self.tok.batch_size / window.seconds}
+        record["loss"] = sum(record.get(k, 0.0) for k in ("recon", "vq", "perceptual", "g"))
+        self.restarted = 0
+        if self.info.is_main:
+            log.info("step %d: loss %.4f recon %.4f vq %.4f usage %s", window.step, record["loss"], record["recon"],
+                     record["vq"], record["usage_per_scale"])
+        return record
+
+    def validate(self, step: int) -> dict[str, Any]:
+        from data_pipeline.image_shards.loader import image_stream
+
+        val_it = iter(image_stream(self.cfg, "val", self.micro, self.info.rank, self.info.world_size, self.cfg.seed,
+                                   False))
+        record = {"kind": "tokenizer_val", "step": step, **validate(self.eval_model(), val_it, self.tok.val_batches)}
+        if self.info.is_main:
             log.info("val step %d: PSNR %.2f dB, usage per scale %s", step, record["psnr"], record["usage_per_scale"])
+        return record
 
-    t0, t_win, sums, bad = time.time(), time.time(), _zero_sums(), 0
-    for step in range(start, tok.steps):
-        img = next(train_it)[0].to(info.device)
-        terms, rec, idx_list = step_losses(engine, disc, perceptual, img, tok, step)
-        loss = sum(terms.values())
-        if not torch.isfinite(loss):
-            bad += 1
-            log.warning("step %d: non-finite loss %s, skipped (%d in a row)", step, float(loss), bad)
-            if bad > cfg.train.max_bad_steps:
-                raise RuntimeError(f"{bad} consecutive non-finite losses: stopping (train.max_bad_steps)")
-            continue
-        bad = 0
-        engine.backward(loss)
-        engine.step()
-        if disc is not None and step >= tok.disc_start:
-            terms["d"] = disc_step(disc, img, rec)
-        monitor.record(idx_list)
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + v.item()
-        sums["n"] += 1
-        done = step + 1
-        if restarts and done % tok.dead_code_every == 0 and done < tok.steps:
-            sums["restarted"] += monitor.restart_dead(batch_residuals(vae, img), gen)
-        if done % tok.log_every == 0 or done == tok.steps:
-            n = max(sums.pop("n"), 1)
-            record = {"kind": "tokenizer_train", "step": done, "lr": engine.get_lr()[0],
-                   **{k: (v / n if k != "restarted" else int(v)) for k, v in sums.items()},
-                   **monitor.summary(), "images_per_s": n * tok.batch_size / (time.time() - t_win),
-                   "time_s": round(time.time() - t0, 2)}
-            record["loss"] = sum(record.get(k, 0.0) for k in ("recon", "vq", "perceptual", "g"))
-            if info.is_main:
-                append_jsonl(metrics, record)
-                log.info("step %d: loss %.4f recon %.4f vq %.4f usage %s", done, record["loss"], record["recon"],
-                         record["vq"], record["usage_per_scale"])
-            sums, t_win = _zero_sums(), time.time()
-        if (tok.val_every and done % tok.val_every == 0) or done == tok.steps:
-            val_record(done)
-        if done % tok.ckpt_every == 0 or done == tok.steps:
-            ckpts.save(done, engine, disc, {"step": done, "restart_hits_V": monitor.restart_hits_V,
-                                            "monitor_updates": monitor.updates, "data": train_stream.state_dict()},
-                       info.is_main)
-    if info.is_main:
-        path = save_tokenizer(vae, out / "tokenizer.pt", tok)
-        log.info("exported %s", path)
+    def eval_model(self) -> MultiScaleVQVAE:
+        """What validation runs: the engine's module, or under ZeRO-3 a whole copy of it (each rank
+        holds a partition of the weights, and encode/decode_pyramid read the codebook outside any
+        forward, where ZeRO-3 would gather it). Collective under ZeRO-3: all ranks call it."""
+        if self.engines["model"].zero_optimization_stage() != 3:
+            return self.vae
+        whole = build_tokenizer(self.tok).to(self.info.device)
+        whole.load_state_dict(consolidated_state_dict(self.engines["model"]))
+        return whole
+
+    def state_dict(self) -> dict[str, Any]:
+        m = self.monitor
+        return {"data": self.stream.state_dict(), "window": self.window.state_dict(), "restarted": self.restarted,
+                "restart_gen": self.gen.get_state(), "restart_hits_V": m.restart_hits_V.clone(),
+                "window_hits_KV": m.window_hits_KV.clone(), "monitor_updates": m.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream.load_state_dict(state["data"])
+        self.window.load_state_dict(state["window"])
+        self.restarted = state["restarted"]
+        self.gen.set_state(state["restart_gen"])
+        self.monitor.restart_hits_V, self.monitor.window_hits_KV = state["restart_hits_V"], state["window_hits_KV"]
+        self.monitor.updates = int(state["monitor_updates"])
+
+    def finish(self, progress: Progress, log_record: Log) -> None:
+        log_record(self.validate(progress.step))
+        state_dict = consolidated_state_dict(self.engines["model"])  # whole under ZeRO-3 too
+        if self.info.is_main:
+            log.info("exported %s", save_tokenizer(self.vae, self.outputs[0], self.tok, state_dict))
+
+
+def main(cfg: SRDDConfig, args: argparse.Namespace | None = None) -> int:
+    info = init_distributed()
+    task = TokenizerTask(cfg, info)
+    Trainer(task, task.run, info, run_name=cfg.run_name,
+            config=OmegaConf.to_container(OmegaConf.structured(cfg))).run()
     return 0
-
-
-def _zero_sums() -> dict[str, float]:
-    return {"n": 0, "restarted": 0}
 
 
 def batch_residuals(vae: MultiScaleVQVAE, img: torch.Tensor) -> list[torch.Tensor]:
@@ -250,11 +252,4 @@ def step_losses(engine: Any, disc: Any | None, perceptual: nn.Module | None, img
         terms["g"] = tok.disc_weight * hinge_g_loss(disc.module(rec))
         disc.module.requires_grad_(True)
     return terms, rec.detach(), idx_list
-
-
-def disc_step(disc: Any, img: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
-    d_loss = hinge_d_loss(disc(img), disc(rec))
-    disc.backward(d_loss)
-    disc.step()
-    return d_loss.detach()
 

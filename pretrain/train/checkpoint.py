@@ -1,11 +1,13 @@
-"""Training checkpoints: ``<run>/checkpoints/step_XXXXXXXX/``, complete or absent.
+"""Training checkpoints: ``<run>/checkpoints/step_XXXXXXXX/``, complete or absent. The one format
+of every task on the harness (pretrain/train/trainer.py).
 
 Layout of one checkpoint::
 
     step_00000100/
-      ds/                 DeepSpeed's own files (model, optimizer, scheduler; ZeRO shards per rank)
-      rank_00000.pt ...   per-rank RNG states and data-loader position
-      meta.json           step, tokens, the config keys a resume must match
+      ds/                 the main engine's DeepSpeed files (model, optimizer, scheduler; ZeRO shards per rank)
+      ds_<name>/          each further engine's (e.g. ds_disc/: the tokenizer's PatchGAN discriminator)
+      rank_00000.pt ...   per-rank RNG states and the task's state (data-loader position, running sums)
+      meta.json           step, time, the config keys a resume must match, metrics records written
       complete            written last: only directories holding it are ever resumed from
 
 Every rank writes into ``.step_XXXXXXXX.tmp/``; after a barrier rank 0 renames it into place
@@ -80,6 +82,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def engine_tags(engines: dict[str, Any]) -> list[str]:
+    """``ds`` for the main (first) engine, ``ds_<name>`` for the others."""
+    return [DS_TAG if i == 0 else f"{DS_TAG}_{name}" for i, name in enumerate(engines)]
+
+
 def read_meta(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / "meta.json").read_text())
 
@@ -108,14 +115,15 @@ class CheckpointManager:
         done = self.complete()
         return done[-1][1] if done else None
 
-    def save(self, engine: Any, step: int, meta: dict[str, Any], rank_state: dict[str, Any]) -> Path:
+    def save(self, engines: dict[str, Any], step: int, meta: dict[str, Any], rank_state: dict[str, Any]) -> Path:
         final = self.path(step)
         tmp = self.root / f".{final.name}.tmp"
         if self.info.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         dist.barrier()
-        engine.save_checkpoint(str(tmp), tag=DS_TAG, save_latest=False)
+        for tag, engine in zip(engine_tags(engines), engines.values()):
+            engine.save_checkpoint(str(tmp), tag=tag, save_latest=False)
         torch.save({"rng": rng_state(), **rank_state}, tmp / f"rank_{self.info.rank:05d}.pt")
         dist.barrier()
         if self.info.is_main:
@@ -127,13 +135,14 @@ class CheckpointManager:
         dist.barrier()
         return final
 
-    def load(self, engine: Any, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Restore engine (model, optimizer, scheduler) and this rank's RNG; return (meta, rank_state)."""
+    def load(self, engines: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Restore the engines (model, optimizer, scheduler) and this rank's RNG; return (meta, rank_state)."""
         meta = read_meta(path)
-        load_path, _ = engine.load_checkpoint(str(path), tag=DS_TAG, load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
-        if load_path is None:
-            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path / DS_TAG}")
+        for tag, engine in zip(engine_tags(engines), engines.values()):
+            load_path, _ = engine.load_checkpoint(str(path), tag=tag, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
+            if load_path is None:
+                raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path / tag}")
         rank_state = torch.load(path / f"rank_{self.info.rank:05d}.pt", weights_only=False)
         set_rng_state(rank_state.pop("rng"))
         return meta, rank_state

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import torch
 
 from pretrain.pyramid.codec import Codec
-from pretrain.train.step import Batch
+from pretrain.train.token_loss import Batch
 
 
 class ImageCodes:

@@ -25,14 +25,20 @@ FORMAT = "srdd-transformer-v1"
 
 
 def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor]:
-    """Full fp32 state dict on every rank; a collective under ZeRO-3, so all ranks call it."""
+    """Full state dict on every rank, floating tensors in fp32 (integer buffers keep their dtype);
+    a collective under ZeRO-3 (parameters are gathered from their partitions), so all ranks call it."""
     module = engine.module
+
+    def copy() -> dict[str, torch.Tensor]:
+        return {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().clone()
+                for k, v in module.state_dict().items()}
+
     if engine.zero_optimization_stage() == 3:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
-    return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+            return copy()
+    return copy()
 
 
 def save_model(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], cfg: SRDDConfig,

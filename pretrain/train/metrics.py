@@ -1,7 +1,7 @@
 """Run metrics: ``<run>/metrics.jsonl`` is the source of truth; wandb mirrors it.
 
-Record kinds and keys are a cross-area contract (train / val; eval is written by
-``srdd eval``). wandb runs offline by default with its files inside the run
+Record kinds and keys are a cross-area contract (train / val; tokenizer_train / tokenizer_val;
+distill; eval is written by ``srdd eval``; docs/training.md). wandb runs offline by default with its files inside the run
 directory, and keeps one run id per run directory so a resumed job continues the
 same wandb run. Only rank 0 logs.
 """
@@ -23,22 +23,28 @@ class MetricsLogger:
                  project: str = "srdd", run_name: str = "", config: dict[str, Any] | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
+        self.records = len(read_jsonl(self.path)) if enabled else 0  # what a checkpoint's meta.json records
         self._wandb = None
         if enabled and wandb_mode != "disabled":
             self._wandb = _start_wandb(Path(run_dir), wandb_mode, project, run_name, config or {})
 
-    def drop_after(self, step: int) -> None:
-        """On resume: forget records past the checkpoint step (a killed job logged steps that
-        the resumed one will redo), so metrics.jsonl reads as one uninterrupted run."""
+    def rewind(self, step: int, records: int | None) -> None:
+        """On resume: cut metrics.jsonl back to the ``records`` it held when the checkpoint was
+        written (a killed job logged steps, or end-of-run records, that the resumed one will redo),
+        so it reads as one uninterrupted run. ``None`` (a finished run, or a checkpoint that did not
+        count them): keep the records up to ``step``."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
+        kept = read_jsonl(self.path)
+        kept = kept[:records] if records is not None else [r for r in kept if r.get("step", 0) <= step]
         atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        self.records = len(kept)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         append_jsonl(self.path, record)
+        self.records += 1
         if self._wandb is not None:
             kind = record["kind"]
             flat = {f"{kind}/{k}": v for k, v in record.items() if k not in ("kind", "step") and not isinstance(v, list)}

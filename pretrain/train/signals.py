@@ -16,6 +16,8 @@ import signal
 from pathlib import Path
 from types import FrameType
 
+from pretrain.outputs import atomic_write_text
+
 log = logging.getLogger("srdd.train")
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
@@ -46,4 +48,4 @@ class StopRequest:
 def mark_for_requeue(run_dir: Path) -> None:
     """Rank 0 after the preemption checkpoint: consume the flag, leave the note the batch script reads."""
     (Path(run_dir) / FLAG_FILE).unlink(missing_ok=True)
-    (Path(run_dir) / REQUEUE_FILE).write_text("checkpointed on a stop request; requeue to continue\n")
+    atomic_write_text(Path(run_dir) / REQUEUE_FILE, "checkpointed on a stop request; requeue to continue\n")
