@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import pretrain.tokenizer.train as tokenizer_train
 from pretrain.config import load_config
@@ -43,6 +44,28 @@ def test_training_lowers_loss_keeps_codes_alive_exports_and_resumes(digits):
     assert tokenizer_train.main(cfg2, None) == 0
     steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "tokenizer_train"]
     assert steps == [10, 20, 30, 40, 50]
+
+
+@pytest.mark.slow
+def test_stopped_and_resumed_run_repeats_the_uninterrupted_one_with_dead_code_restarts(digits):
+    """Stopped mid logging window (train.stop_after=7) and resumed: the same records and weights,
+    so the checkpoint carries the restart generator, the codebook counters and the window's sums."""
+    common = digits + TINY + ["tokenizer.steps=15", "tokenizer.log_every=5", "tokenizer.dead_code_every=5",
+                              "tokenizer.ckpt_every=15", "tokenizer.lpips=off"]
+    straight = load_config(None, common + ["run_name=straight"])
+    assert tokenizer_train.main(straight, None) == 0
+    for extra in (["train.stop_after=7"], []):
+        assert tokenizer_train.main(load_config(None, common + ["run_name=resumed", *extra]), None) == 0
+    resumed = load_config(None, common + ["run_name=resumed"])
+    timing = {"time_s", "images_per_s"}
+
+    def records(cfg):
+        return [{k: v for k, v in r.items() if k not in timing} for r in read_jsonl(run_dir(cfg) / "metrics.jsonl")]
+
+    assert records(resumed) == records(straight)
+    assert sum(r.get("restarted", 0) for r in records(straight)) > 0  # restarts happened, after the resume too
+    a, b = load_tokenizer(run_dir(straight) / "tokenizer.pt"), load_tokenizer(run_dir(resumed) / "tokenizer.pt")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_resolution_must_match_the_schedule(digits):
