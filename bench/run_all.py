@@ -86,6 +86,8 @@ def mask_headlines(rows: list[dict[str, Any]]) -> list[Headline]:
 
     out = []
     for r in rows:
+        if r.get("compile"):
+            continue  # compiled variants measure torch.compile, not the mask
         where = f"{r['size']} {r['resolution']}px"
         if r["variant"] == "srdd" and r["attn_impl"] == "auto":
             for key in ("var_dense", "var_sparse"):

@@ -28,7 +28,8 @@ over rounds of step_s / the var dense step of the same round), ``flop_bound_vs_v
 (executed training FLOPs over var dense's, ``pretrain.model.flops``), the same two against
 var on its tiled path (``*_vs_var_sparse``), ``cpu_s`` (process CPU seconds) and achieved GFLOP/s.
 Goals: every measured ratio within 0.03 of its FLOP bound; VAR's tiled path faster than its
-dense path at 512 px. Results and the load they were measured under: docs/performance.md.
+dense path at 512 px. A variant name ending in ``+compile`` (``--mask-variants srdd-auto+compile``)
+runs the model under torch.compile as ``train.compile=true`` does (compiled in the warm-up round). Results and the load they were measured under: docs/performance.md.
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ SCHEDULES = {256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16), 512: (1, 2, 3, 4, 6, 9, 13,
 VAR_IMAGENET = {"vocab_size": 4096, "z_channels": 32, "num_classes": 1000}
 MASK_VARIANTS = {"var-dense": ("var", "dense"), "var-auto": ("var", "auto"),
                  "srdd-auto": ("srdd", "auto"), "srdd-dense": ("srdd", "dense")}
+COMPILED = "+compile"  # a variant name with this suffix runs under torch.compile (train.compile)
 RATIO_GOAL = 0.03  # |measured ratio - FLOP bound|
 
 
@@ -179,6 +181,12 @@ def vs_var_row(size: str, batch_size: int, warmup: int, steps: int, src: Path) -
 
 
 # ---- SRDD vs VAR: does the mask pay in training? -------------------------------------------
+def mask_variant(name: str) -> tuple[str, str, bool]:
+    """(mask, attn_impl, compiled) of a variant name such as ``srdd-auto`` or ``var-dense+compile``."""
+    mask, impl = MASK_VARIANTS[name.removesuffix(COMPILED)]
+    return mask, impl, name.endswith(COMPILED)
+
+
 def mask_models(size: str, patch_nums: Sequence[int], variants: Sequence[str]) -> dict[str, Any]:
     """One model per variant, all sharing the same parameter tensors (only masks and paths differ)."""
     import dataclasses
@@ -194,10 +202,12 @@ def mask_models(size: str, patch_nums: Sequence[int], variants: Sequence[str]) -
     shared = build_model(cfg, V, Cvae, patch_nums).state_dict(keep_vars=True)
     models = {}
     for name in variants:
-        mask, impl = MASK_VARIANTS[name]
+        mask, impl, compiled = mask_variant(name)
         with torch.device("meta"):
             model = build_model(dataclasses.replace(cfg, mask=mask, attn_impl=impl), V, Cvae, patch_nums)
         model.load_state_dict(shared, assign=True)  # the same Parameter objects; the mask is rebuilt
+        if compiled:
+            model.compile()  # as train.compile does (pretrain/engine.py); compiles in the warm-up round
         models[name] = model.train()
     return models
 
@@ -247,8 +257,8 @@ def mask_rows(size: str, resolution: int, variants: Sequence[str], batch_size: i
 
     rows = []
     for name in names:
-        mask, impl = MASK_VARIANTS[name]
-        row = {"variant": mask, "size": size, "resolution": resolution, "attn_impl": impl,
+        mask, impl, compiled = mask_variant(name)
+        row = {"variant": mask, "size": size, "resolution": resolution, "attn_impl": impl, "compile": compiled,
                "patch_nums": list(patch_nums), "L": L, "batch_size": batch_size, "repeats": repeats,
                "step_s": statistics.median(wall[name]), "step_s_runs": wall[name],
                "cpu_s": statistics.median(cpu[name]), "train_flops_executed": flops(mask, impl)}
@@ -264,11 +274,12 @@ def mask_rows(size: str, resolution: int, variants: Sequence[str], batch_size: i
 def mask_table(rows: list[dict[str, Any]]) -> str:
     def num(x: float | None) -> str:
         return "-" if x is None else f"{x:.3f}"
-    head = (f"{'res':>4} {'variant':7} {'attn':5} {'step_s':>7} {'cpu_s':>7} {'GFLOP/s':>7} "
+    head = (f"{'res':>4} {'variant':7} {'attn':13} {'step_s':>7} {'cpu_s':>7} {'GFLOP/s':>7} "
             f"{'vs_var_dense':>12} {'bound':>6} {'vs_var_sparse':>13} {'bound':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['resolution']:>4} {r['variant']:7} {r['attn_impl']:5} {r['step_s']:7.2f} {r['cpu_s']:7.2f} "
+        attn = r["attn_impl"] + (COMPILED if r["compile"] else "")
+        lines.append(f"{r['resolution']:>4} {r['variant']:7} {attn:13} {r['step_s']:7.2f} {r['cpu_s']:7.2f} "
                      f"{r['gflops_per_s']:7.1f} {num(r['ratio_vs_var_dense']):>12} {num(r['flop_bound_vs_var_dense']):>6} "
                      f"{num(r['ratio_vs_var_sparse']):>13} {num(r['flop_bound_vs_var_sparse']):>6}")
     return "\n".join(lines)
@@ -277,15 +288,15 @@ def mask_table(rows: list[dict[str, Any]]) -> str:
 def mask_goals(rows: list[dict[str, Any]]) -> list[str]:
     out = []
     for r in rows:
-        where = f"{r['size']} {r['resolution']}px {r['variant']} {r['attn_impl']}"
+        where = f"{r['size']} {r['resolution']}px {r['variant']} {r['attn_impl']}{COMPILED if r['compile'] else ''}"
         for key in ("var_dense", "var_sparse"):
             ratio, bound = r[f"ratio_vs_{key}"], r[f"flop_bound_vs_{key}"]
-            if r["variant"] == "srdd" and ratio is not None:
+            if r["variant"] == "srdd" and not r["compile"] and ratio is not None:
                 gap = ratio - bound
                 out.append(f"{where} vs {key}: ratio {ratio:.3f}, bound {bound:.3f}, gap {gap:+.3f} "
                            f"({'met' if abs(gap) <= RATIO_GOAL else 'MISSED'}: goal |gap| <= {RATIO_GOAL})")
         ratio = r["ratio_vs_var_dense"]
-        if r["variant"] == "var" and r["attn_impl"] == "auto" and ratio is not None:
+        if r["variant"] == "var" and r["attn_impl"] == "auto" and not r["compile"] and ratio is not None:
             goal = f"; goal < 1: {'met' if ratio < 1 else 'MISSED'}" if r["resolution"] >= 512 else ""
             out.append(f"{where} vs var dense: {ratio:.3f} (bound {r['flop_bound_vs_var_dense']:.3f}{goal})")
     return out
@@ -366,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout-s", type=float, default=600)
     p.add_argument("--mask-size", default="d16", help="masks: model size")
     p.add_argument("--resolutions", nargs="+", type=int, default=[256, 512], choices=sorted(SCHEDULES))
-    p.add_argument("--mask-variants", nargs="+", default=["var-dense", "var-auto", "srdd-auto"], choices=list(MASK_VARIANTS))
+    p.add_argument("--mask-variants", nargs="+", default=["var-dense", "var-auto", "srdd-auto"],
+                   choices=[*MASK_VARIANTS, *(v + COMPILED for v in MASK_VARIANTS)])
     p.add_argument("--mask-batch", type=int, default=1)
     p.add_argument("--mask-warmup", type=int, default=1, help="untimed rounds")
     p.add_argument("--mask-repeats", type=int, default=3, help="timed rounds (medians reported)")
