@@ -53,7 +53,7 @@ def kernels(patch_nums: Sequence[int], window: Optional[int]) -> dict[str, Calla
 
     L = len(ids_L)
     block_mask = create_block_mask(visible, None, None, L, L, device="cpu")
-    flex = torch.compile(flex_attention)
+    flex = torch.compile(flex_attention, dynamic=False)  # a dynamic-shape recompile emits invalid C++ on CPU (torch 2.13)
     out["flex"] = lambda q, k, v: flex(q, k, v, block_mask=block_mask, scale=1.0)
     return out
 
