@@ -26,7 +26,9 @@ round) so load from other processes hits them alike. Rows: ``variant`` (var | sr
 ``resolution``, ``attn_impl``, ``step_s`` (median wall seconds), ``ratio_vs_var_dense`` (median
 over rounds of step_s / the var dense step of the same round), ``flop_bound_vs_var_dense``
 (executed training FLOPs over var dense's, ``pretrain.model.flops``), the same two against
-var on its tiled path (``*_vs_var_sparse``), ``cpu_s`` (process CPU seconds) and achieved GFLOP/s.
+var on its tiled path (``*_vs_var_sparse``), ``cpu_s`` (process CPU seconds) with
+``cpu_ratio_vs_*`` (with ``--threads 1`` the time the step itself ran on a core, robust to other
+processes on a shared machine; with more threads it also counts their spin-waits) and GFLOP/s.
 Goals: every measured ratio within 0.03 of its FLOP bound; VAR's tiled path faster than its
 dense path at 512 px. A variant name ending in ``+compile`` (``--mask-variants srdd-auto+compile``)
 runs the model under torch.compile as ``train.compile=true`` does (compiled in the warm-up round). Results and the load they were measured under: docs/performance.md.
@@ -261,12 +263,13 @@ def mask_rows(size: str, resolution: int, variants: Sequence[str], batch_size: i
         row = {"variant": mask, "size": size, "resolution": resolution, "attn_impl": impl, "compile": compiled,
                "patch_nums": list(patch_nums), "L": L, "batch_size": batch_size, "repeats": repeats,
                "step_s": statistics.median(wall[name]), "step_s_runs": wall[name],
-               "cpu_s": statistics.median(cpu[name]), "train_flops_executed": flops(mask, impl)}
+               "cpu_s": statistics.median(cpu[name]), "cpu_s_runs": cpu[name], "train_flops_executed": flops(mask, impl)}
         row["gflops_per_s"] = row["train_flops_executed"] / row["step_s"] / 1e9
         for base, key in (("var-dense", "var_dense"), ("var-auto", "var_sparse")):
             row[f"flop_bound_vs_{key}"] = row["train_flops_executed"] / flops(*MASK_VARIANTS[base])
-            row[f"ratio_vs_{key}"] = (statistics.median(a / b for a, b in zip(wall[name], wall[base]))
-                                      if base in wall else None)
+            for prefix, times in (("", wall), ("cpu_", cpu)):
+                row[f"{prefix}ratio_vs_{key}"] = (statistics.median(a / b for a, b in zip(times[name], times[base]))
+                                                  if base in times else None)
         rows.append(row)
     return rows
 
@@ -275,13 +278,14 @@ def mask_table(rows: list[dict[str, Any]]) -> str:
     def num(x: float | None) -> str:
         return "-" if x is None else f"{x:.3f}"
     head = (f"{'res':>4} {'variant':7} {'attn':13} {'step_s':>7} {'cpu_s':>7} {'GFLOP/s':>7} "
-            f"{'vs_var_dense':>12} {'bound':>6} {'vs_var_sparse':>13} {'bound':>6}")
+            f"{'vs_var_dense':>12} {'(cpu)':>6} {'bound':>6} {'vs_var_sparse':>13} {'(cpu)':>6} {'bound':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         attn = r["attn_impl"] + (COMPILED if r["compile"] else "")
         lines.append(f"{r['resolution']:>4} {r['variant']:7} {attn:13} {r['step_s']:7.2f} {r['cpu_s']:7.2f} "
-                     f"{r['gflops_per_s']:7.1f} {num(r['ratio_vs_var_dense']):>12} {num(r['flop_bound_vs_var_dense']):>6} "
-                     f"{num(r['ratio_vs_var_sparse']):>13} {num(r['flop_bound_vs_var_sparse']):>6}")
+                     f"{r['gflops_per_s']:7.1f} {num(r['ratio_vs_var_dense']):>12} {num(r['cpu_ratio_vs_var_dense']):>6} "
+                     f"{num(r['flop_bound_vs_var_dense']):>6} {num(r['ratio_vs_var_sparse']):>13} "
+                     f"{num(r['cpu_ratio_vs_var_sparse']):>6} {num(r['flop_bound_vs_var_sparse']):>6}")
     return "\n".join(lines)
 
 
