@@ -33,7 +33,7 @@ from pretrain.outputs import append_jsonl, atomic_write_json, save_config
 log = logging.getLogger("srdd.eval")
 
 SAMPLER_KEYS = ("cfg", "cfg_schedule", "top_k", "top_p", "temperature", "seed", "schedule", "refine",
-                "refine_rounds", "p_resample", "refine_scales")
+                "refine_rounds", "p_resample", "refine_depth", "refine_scales", "policy_ckpt")
 
 
 def quality_metrics(net: Any, ref: Any, feats_ND: np.ndarray, probs_NC: np.ndarray | None, eval_cfg: Any) -> dict[str, float]:

@@ -180,6 +180,48 @@ else:
     display(sampling)
 
 # %% [markdown]
+# ## Refinement at equal sampling FLOPs
+# From `srdd refine-study` (DIR/refinement.csv, docs/sampling.md "Refinement study"): FD with its bootstrap
+# 95% interval against the sampler's forward FLOPs per image, for no refinement, the best one-pass sampler
+# (temperature / top-k / top-p / the old Masked Resampling's one-pass equivalent, tuned on a separate seed),
+# restart (R rounds), self-correction (models trained with `train.refine_objective`) and the learned policy.
+# A refinement *beats* the one-pass baseline only when the interval of its FD difference lies below 0.
+
+# %%
+refine_table, refine_summary = rd.refinement()
+if refine_table is None:
+    not_available(f"{RUNS_DIR}/refinement.csv is missing (run `srdd refine-study`)")
+else:
+    models = list(dict.fromkeys(refine_table["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.8), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for method, sub in refine_table[refine_table["model"] == model].groupby("method", sort=False):
+            sub = sub.sort_values("sampling_flops")
+            ax.errorbar(sub["sampling_flops"] / 1e9, sub["fd"], yerr=[sub["fd"] - sub["fd_ci_low"], sub["fd_ci_high"] - sub["fd"]],
+                        marker="o", capsize=3, label=method)
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("sampling GFLOPs per image")
+        ax.set_ylabel("FD (lower is better)")
+        ax.legend(fontsize=7)
+    plt.show()
+    display(refine_table.round(4))
+    lines = [f"{v['model']} {v['method']} R={v['rounds']}: FD - {v['baseline']} = {v['fd_minus_baseline']:+.3f} "
+             f"[{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] at {v['flops_ratio']:.2f}x the FLOPs: **{v['outcome']}**"
+             for v in refine_summary.get("verdicts", [])]
+    if lines:
+        winners = [v for v in refine_summary["verdicts"] if v["outcome"] == "beats"]
+        lines.append("No refinement beats the best one-pass sampler by more than its interval: the default stays "
+                     "`sample.refine=none`." if not winners else
+                     f"{len(winners)} setting(s) beat the best one-pass sampler by more than the interval.")
+    width = float((refine_table["fd_ci_high"] - refine_table["fd_ci_low"]).median())
+    n_img, n_seed = int(refine_table["n_images"].iloc[0]), int(refine_table["n_seeds"].iloc[0])
+    lines.append(f"Resolution: {n_img} images x {n_seed} seeds per point; the median 95% interval is {width:.3f} FD wide, "
+                 "so differences smaller than about that are not resolved.")
+    if refine_summary.get("command"):
+        lines.append(f"Command: `{refine_summary['command']}`")
+    display(Markdown("\n".join(f"- {line}" for line in lines)))
+
+# %% [markdown]
 # ## Sample grids
 # Every grid under each run's samples/ directory; `srdd sample` names them
 # seed<S>-<refine>/grid.png, so refinement settings sit side by side.

@@ -1,4 +1,4 @@
-"""Sampling cost of VAR vs SRDD: transformer-loop latency, FLOPs and KV-cache peak, with and without MR.
+"""Sampling cost of VAR vs SRDD: transformer-loop latency, FLOPs and KV-cache peak, with and without restart.
 
     python bench/sampling.py                              # d2 and d16 (VAR's 256px config), batch 8
     python bench/sampling.py --sizes d2 --repeats 3 --json runs/bench/sampling.json
@@ -10,9 +10,10 @@ the weights learned, except how many tokens MR selects):
 - ``srdd-10`` SRDD's Markovian mask (window 0) on the same 10 scales;
 - ``srdd-6``  window 0 on the distilled schedule 1,3,5,8,13,16: the model re-indexed to that
   schedule by ``pretrain.distill.schedule_model`` (exactly how `srdd distill` builds its student);
-- ``<v>+mr``  each of them with Masked Resampling (p_resample 0.5, 1 round, every scale). At random
-  init the model's distribution is near uniform, so MR re-draws (almost) every token: one extra
-  pass per scale, the worst case of its cost.
+- ``<v>+sr``  each of them with one restart round at every scale (``sample.refine=sr``, depth 1,
+  docs/sampling.md): one more pass per scale from the re-quantised state and, under the
+  block-causal mask, the prefix keys/values that state needs, recomputed (SRDD's mask needs none).
+  At random init the re-quantised tokens differ, so this is close to the worst case of that cost.
 
 Per row: ``latency_s`` = the transformer's sampling loop (scale passes, draws, refinement and the
 tokenizer's f_hat updates between scales; ``sample(stats=...)["loop_s"]``), ``decode_s`` = the final
@@ -42,7 +43,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 SRDD6_PATCH_NUMS = (1, 3, 5, 8, 13, 16)
-VARIANTS = ("var-10", "srdd-10", "srdd-6", "var-10+mr", "srdd-10+mr", "srdd-6+mr")
+VARIANTS = ("var-10", "srdd-10", "srdd-6", "var-10+sr", "srdd-10+sr", "srdd-6+sr")
 GOALS = {"latency_ratio_vs_var": 0.78, "kv_ratio_vs_var": 0.40}  # for srdd-6 (docs/sampling.md, "Benchmark")
 
 # Tokenizer per size: VAR's vae_ch160v4096z32 at 256px for VAR's released sizes; a small one at
@@ -63,7 +64,7 @@ def tokenizer_overrides(size: str) -> dict[str, Any]:
 class Variant:
     name: str
     model: Any
-    refine: Optional[Callable[[Any], torch.Tensor]]
+    restart: Any  # a sampler restart (pretrain/sampling/refine.py), or None
 
 
 def build_variants(size: str, variants: Sequence[str], device: torch.device) -> tuple[Any, list[Variant], int]:
@@ -75,8 +76,8 @@ def build_variants(size: str, variants: Sequence[str], device: torch.device) -> 
     from pretrain.tokenizer import build_tokenizer
 
     tok = {**tokenizer_overrides(size), "patch_nums": list(VAR_PATCH_NUMS)}
-    cfg = load_config(overrides=[f"model.size={size}", "sample.refine=mr", "sample.p_resample=0.5",
-                                 "sample.refine_rounds=1", *(f"tokenizer.{k}={json.dumps(v)}" for k, v in tok.items())])
+    cfg = load_config(overrides=[f"model.size={size}", "sample.refine=sr", "sample.refine_rounds=1",
+                                 *(f"tokenizer.{k}={json.dumps(v)}" for k, v in tok.items())])
     torch.manual_seed(0)
     vae = build_tokenizer(cfg.tokenizer).to(device).eval().requires_grad_(False)
     var = build_model(cfg.model, cfg.tokenizer.vocab_size, cfg.tokenizer.z_channels, VAR_PATCH_NUMS)
@@ -86,8 +87,8 @@ def build_variants(size: str, variants: Sequence[str], device: torch.device) -> 
     models = {"var-10": var, "srdd-10": srdd, "srdd-6": schedule_model(srdd, SRDD6_PATCH_NUMS)}
     out = []
     for name in variants:
-        model = models[name.removesuffix("+mr")].to(device).eval()
-        out.append(Variant(name, model, build_refiner(cfg.sample, model) if name.endswith("+mr") else None))
+        model = models[name.removesuffix("+sr")].to(device).eval()
+        out.append(Variant(name, model, build_refiner(cfg.sample, model).restart if name.endswith("+sr") else None))
     side = VAR_PATCH_NUMS[-1] * vae.downsample
     return vae, out, side
 
@@ -129,7 +130,7 @@ def run_once(variant: Variant, vae: MeteredTokenizer, label_B: torch.Tensor, see
 
     stats: dict[str, Any] = {}
     t0 = time.process_time()
-    sample(variant.model, vae, label_B, cfg=1.5, seed=seed, refine=variant.refine, stats=stats)
+    sample(variant.model, vae, label_B, cfg=1.5, seed=seed, restart=variant.restart, stats=stats)
     stats["loop_cpu_s"] = time.process_time() - t0 - vae.decode_cpu_s
     return stats
 
@@ -153,13 +154,14 @@ def bench_size(size: str, variants: Sequence[str], batch: int, repeats: int, dev
         last = stats[-1]
         rows.append({"variant": v.name, "size": size, "batch": batch, "resolution": side,
                      "patch_nums": list(v.model.patch_nums), "attn_window": v.model.attn_window,
-                     "refine": "mr(p<0.5,R=1)" if v.refine else "none",
+                     "refine": "sr(R=1,depth=1)" if v.restart else "none",
                      "latency_s": statistics.median(s["loop_s"] for s in stats),
                      "decode_s": statistics.median(s["decode_s"] for s in stats),
                      "latency_runs_s": [s["loop_s"] for s in stats],
                      "latency_cpu_s": statistics.median(s["loop_cpu_s"] for s in stats),
                      "flops": last["flops"], "kv_cache_bytes_peak": last["kv_cache_bytes_peak"],
-                     "passes": last["passes"], "params": v.model.num_params(), "repeats": repeats})
+                     "passes": last["passes"], "kv_recompute_flops": last["kv_recompute_flops"],
+                     "params": v.model.num_params(), "repeats": repeats})
     return add_ratios(rows)
 
 

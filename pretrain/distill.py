@@ -122,8 +122,7 @@ def requantize(vae: Any, idx_list: Sequence[torch.Tensor], teacher_pns: Sequence
                ) -> list[torch.Tensor]:
     """The teacher pyramid's latent, residual-quantised again on the student schedule."""
     f_hat = vae.fhat_from_pyramid(idx_list, patch_nums=teacher_pns)
-    idx, _, _ = vae.quantize.quantize(f_hat, tuple(student_pns), with_fhat=False)
-    return idx
+    return vae.requantize(f_hat, len(student_pns), student_pns)
 
 
 def distill_loss(student_logits_BLV: torch.Tensor, teacher_logits_BLV: torch.Tensor, target_BL: torch.Tensor,

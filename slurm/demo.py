@@ -3,8 +3,8 @@
 
 Image shards -> tokenizer training -> pyramid precompute -> feature network -> a family
 of tiny sizes x {var, srdd} masks at one token budget -> distilled schedule -> samples
-with and without refinement, one inpainting -> evaluation -> scaling fits -> sampling-cost
-bench -> executed HTML report.
+with and without refinement, one inpainting -> evaluation -> refinement at equal sampling
+FLOPs -> scaling fits -> sampling-cost bench -> executed HTML report.
 
 Every stage runs as its own ``srdd`` subprocess (the same entry points a cluster job
 uses), so a crash in one stage cannot poison the next, and each stage is skipped when
@@ -198,10 +198,10 @@ def stage_distill(study: Study, cfg: SRDDConfig) -> bool:
 
 
 def stage_samples(study: Study, cfg: SRDDConfig) -> bool:
-    """The largest size of each mask and the distilled student, with and without Masked Resampling."""
+    """The largest size of each mask and the distilled student, with and without a restart round per scale."""
     runs = [study.run(study.sizes[-1], m) for m in study.masks] + [study.distilled]
     for run in runs:
-        for refine in ("none", "mr"):
+        for refine in ("none", "sr"):
             if not list((home_dir() / run / "samples").glob(f"*{refine}*/grid.png")):
                 _srdd(study, "sample", "--ckpt", run, "--n", "20", f"sample.refine={refine}")
     edit_run = study.run(study.sizes[-1], "srdd")
@@ -219,6 +219,30 @@ def stage_eval(study: Study, cfg: SRDDConfig) -> bool:
               "--runs-csv", str(study.root / "runs.csv"))
         ran = True
     return ran
+
+
+# The demo's refinement study: one one-pass candidate besides the defaults (the MR-equivalent that
+# did best in the full study, docs/sampling.md), restart R = 1, 2, 64 images x 3 seeds per point.
+REFINE_DEMO = {"images": 64, "rounds": "1,2", "trajectories": 48,
+               "onepass": "sample.refine=onepass,sample.p_resample=0.3,sample.refine_rounds=2"}
+
+
+def stage_refinement(study: Study, cfg: SRDDConfig) -> bool:
+    """FD vs sampling FLOPs of every refinement on the largest SRDD run (docs/sampling.md, "Refinement
+    study"): the learned restart policy (`srdd policy-train`), then `srdd refine-study` writes
+    ``<study>/refinement.csv``. Sized to ~2 minutes on 2 cores; its intervals resolve only large FD
+    differences (the report says how large). Self-correction needs a run trained with
+    ``train.refine_objective``, which the demo's budget does not hold: docs/sampling.md has the full command."""
+    if (study.root / "refinement.csv").exists():
+        return False
+    run = study.run(study.sizes[-1], "srdd")
+    small = study.quick
+    _srdd(study, "policy-train", "--ckpt", run, "--trajectories", "16" if small else str(REFINE_DEMO["trajectories"]),
+          "--steps", "50" if small else "200")
+    _srdd(study, "refine-study", "--run", run, "--out", str(study.root), "--images", "16" if small else str(REFINE_DEMO["images"]),
+          "--seeds", "0,1,2", "--rounds", "1" if small else REFINE_DEMO["rounds"], "--onepass-grid", REFINE_DEMO["onepass"],
+          "--bootstrap", "20" if small else "100")
+    return True
 
 
 def stage_bench(study: Study, cfg: SRDDConfig) -> bool:
@@ -256,6 +280,7 @@ STAGES: list[tuple[str, str, Callable[[Study, SRDDConfig], bool]]] = [
     ("distill", "SRDD student on the shorter schedule", stage_distill),
     ("samples", "samples with/without refinement, inpainting", stage_samples),
     ("eval", "FD / IS / precision-recall (+ FID-inception) per run", stage_eval),
+    ("refine", "refinement vs the best one-pass sampler at equal sampling FLOPs", stage_refinement),
     ("bench", "sampling cost: var vs srdd vs distilled", stage_bench),
     ("fit", "power-law fits per mask", stage_fit),
     ("report", "executed HTML report", stage_report),

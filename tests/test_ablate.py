@@ -82,7 +82,7 @@ def test_grid_table_matches_parameters_and_notes(grid):
 def test_bad_requests_are_refused_by_name(srdd_home):
     with pytest.raises(ConfigError, match="--cells.*latent-discrete-sideways"):
         parse_cells("latent-discrete-sideways")
-    with pytest.raises(ConfigError, match=r"sample\.refine=mr.*pyramid\.codes=continuous"):
+    with pytest.raises(ConfigError, match=r"sample\.refine=mr with pyramid\..*use sample\.refine=none"):
         main(load_config(overrides=["sample.refine=mr"]), args())
     with pytest.raises(ConfigError, match=r"tokenizer\.ckpt.*latent cells"):
         main(load_config(overrides=[f"tokenizer.ckpt={srdd_home / 'none.pt'}"]), args(cells="latent-continuous-absolute"))

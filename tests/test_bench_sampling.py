@@ -47,12 +47,17 @@ def test_kv_peak_and_passes_match_their_closed_form(rows):
     # block-causal attends to all 680 tokens at the last scale, the SRDD mask only to its 256.
     per_token = 2 * 1 * 4 * 64 * 4
     assert rows["var-10"]["kv_cache_bytes_peak"] == per_token * sum(p * p for p in VAR_PATCH_NUMS)
-    for name in ("srdd-10", "srdd-6", "srdd-10+mr", "srdd-6+mr"):
+    for name in ("srdd-10", "srdd-6", "srdd-10+sr", "srdd-6+sr"):
         assert rows[name]["kv_cache_bytes_peak"] == per_token * 16 * 16 < rows["var-10"]["kv_cache_bytes_peak"]
     assert rows["var-10"]["passes"] == rows["srdd-10"]["passes"] == 10 and rows["srdd-6"]["passes"] == 6
-    for base in ("var-10", "srdd-10", "srdd-6"):  # MR at random init re-draws at (nearly) every scale
-        assert rows[base]["passes"] < rows[f"{base}+mr"]["passes"] <= 2 * rows[base]["passes"]
-        assert rows[f"{base}+mr"]["kv_cache_bytes_peak"] == rows[base]["kv_cache_bytes_peak"]
+    for base in ("srdd-10", "srdd-6"):  # restart under SRDD's mask: one more pass per scale, no prefix
+        assert rows[f"{base}+sr"]["passes"] == 2 * rows[base]["passes"] and rows[f"{base}+sr"]["kv_recompute_flops"] == 0
+        assert rows[f"{base}+sr"]["flops"] == 2 * rows[base]["flops"]
+    # block-causal: the same passes plus the recomputed prefix keys/values (re-quantised tokens differ at random init)
+    assert rows["var-10+sr"]["passes"] > 2 * rows["var-10"]["passes"] and rows["var-10+sr"]["kv_recompute_flops"] > 0
+    assert rows["var-10+sr"]["flops"] == 2 * rows["var-10"]["flops"] + rows["var-10+sr"]["kv_recompute_flops"]
+    for base in ("var-10", "srdd-10", "srdd-6"):
+        assert rows[f"{base}+sr"]["kv_cache_bytes_peak"] == rows[base]["kv_cache_bytes_peak"]
     assert rows["srdd-6"]["flops"] < rows["srdd-10"]["flops"] < rows["var-10"]["flops"]
 
 

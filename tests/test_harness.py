@@ -19,6 +19,7 @@ from typing import Callable
 import pytest
 import torch
 
+from analysis.metrics.cnn import ClassifierCNN, save_classifier
 from pretrain.outputs import read_jsonl
 from pretrain.train.checkpoint import MARKER
 from pretrain.train.signals import FLAG_FILE, REQUEUE_FILE
@@ -85,8 +86,9 @@ TASKS = {
                     "model.pt"),
     "policy": Task("policy-train", "policy_train",
                    lambda h, run: ["--ckpt", str(h.teacher), "--out", str(h.home / run), "--steps", "300",
-                                   "--batches", "4", *h.data_args, "sample.batch_size=8", "train.log_every=5",
-                                   "train.ckpt_every=50", "train.wandb=disabled"],
+                                   "--trajectories", "4", *h.data_args, f"eval.net_ckpt={h.eval_net}",
+                                   "sample.batch_size=8", "train.log_every=5", "train.ckpt_every=50",
+                                   "train.wandb=disabled"],
                    "policy.pt"),
     "eval_net": Task("eval-net-train", "eval_net_train",
                      lambda h, run: [f"data.shards_dir={h.mnist_shards}", f"eval.net_ckpt={h.home / run / 'net.pt'}",
@@ -101,6 +103,9 @@ class Harness:
 
     def __init__(self, home: Path, mnist_shards: Path, pyramid_shards: Path, tokenizer: Path, teacher: Path):
         self.home, self.mnist_shards, self.teacher = home, mnist_shards, teacher
+        self.eval_net = home / "eval_net.pt"  # policy-train's score network (random init: plumbing, not quality)
+        torch.manual_seed(0)
+        save_classifier(ClassifierCNN(10, width=4, feat_dim=8).eval(), self.eval_net, {"name": "mnist-cnn"})
         self.data_args = [f"data.pyramids_dir={pyramid_shards}", f"tokenizer.ckpt={tokenizer}"]
         self.train_args = train_overrides(pyramid_shards, tokenizer)
         self._straight: dict[str, Path] = {"train": teacher.parent}  # the shared straight_train_run

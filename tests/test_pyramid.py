@@ -220,6 +220,8 @@ def test_unsupported_combinations_are_refused_by_name(vae):
         check_sampling(cell_config("latent-continuous-residual", "sample.refine=mr"))
     with pytest.raises(ConfigError, match=r"pyramid\.space=pixel.*pyramid\.codes=discrete"):
         check_sampling(cell_config("pixel-discrete-absolute", "sample.refine=sr"))
+    with pytest.raises(ConfigError, match=r"pyramid\.bands=absolute: absolute bands have no residual forward process"):
+        check_sampling(cell_config("latent-discrete-absolute", "sample.refine=sr"))  # restart re-quantises residuals
     check_sampling(load_config(overrides=["sample.refine=mr"]))  # the VAR cell refines
     with pytest.raises(ConfigError, match=r"pyramid\.space=latent needs the tokenizer"):
         build_codec(cell_config("latent-continuous-absolute"))

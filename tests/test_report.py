@@ -11,7 +11,7 @@ from analysis.report import inject_parameters, percent_to_notebook
 from tests.fixtures.runs_small.make import make_runs_dir
 
 SECTIONS = ("Training curves", "Per-scale losses", "Scaling fits", "SRDD vs VAR at equal compute", "Sampling cost",
-            "Sample grids", "Evaluation metrics", "Ablation")
+            "Refinement at equal sampling FLOPs", "Sample grids", "Evaluation metrics", "Ablation")
 
 
 def test_percent_source_round_trip():
@@ -35,10 +35,11 @@ def test_report_executes_on_the_fixture_and_embeds_its_figures(tmp_path):
     html = (tmp_path / "out/report.html").read_text()
     headings = re.findall(r"<h2[^>]*>([^<]+)", html)
     assert [h.strip() for h in headings] == list(SECTIONS)
-    # 4 plots (curves, per-scale, fits, equal compute) + FD plot + 8 sample grids + 1 ablation grid, all inline.
-    assert len(re.findall(r'src="data:image/png;base64,', html)) == 14
+    # 4 plots (curves, per-scale, fits, equal compute) + FD plot + refinement plot + 8 sample grids + 1 ablation grid.
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == 15
     assert "not available" not in html
     assert "kv_ratio_vs_var" in html and "FD-mnist-cnn" in html and "next size" in html and "d6 (N~" in html
+    assert "the default stays" in html and "200 images x 3 seeds" in html and "srdd refine-study --run d4-srdd" in html
     assert (tmp_path / "out/report.ipynb").is_file() and (tmp_path / "out/config.yaml").is_file()
 
 
@@ -48,5 +49,5 @@ def test_report_degrades_gracefully_on_an_empty_directory(tmp_path):
     r = _report(tmp_path / "empty", tmp_path / "report.html", tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     html = (tmp_path / "report.html").read_text()
-    assert html.count("not available") == 8
+    assert html.count("not available") == 9
     assert "bench/sampling.json is missing" in html

@@ -1,7 +1,8 @@
 """The sampling stages end to end on a run's model.pt (written by the training area's exporter)
 and its tokenizer: `srdd sample` (PNG grids, an .npz whose token pyramids decode to its images,
-meta, config), `srdd edit --task inpaint` (known tokens come back) and `srdd policy-train` (a
-policy file `srdd sample sample.refine=policy` uses), on the data area's real MNIST shards."""
+meta, config), `srdd edit --task inpaint` (known tokens come back), `srdd policy-train` (a
+policy file `srdd sample sample.refine=policy` uses) and `srdd refine-study` (refinement.csv), on
+the data area's real MNIST shards."""
 from __future__ import annotations
 
 import json
@@ -20,10 +21,10 @@ from pretrain.train.export import save_model
 
 
 @pytest.fixture
-def run(tiny_tokenizer_ckpt, srdd_home):
+def run(tiny_tokenizer_ckpt, mnist_shards, srdd_home):
     """A run directory holding a random-init d1 SRDD transformer exported as a training run would."""
     cfg = load_config(overrides=["run_name=tiny", "model.size=d1", "model.mask=srdd",
-                                 f"tokenizer.ckpt={tiny_tokenizer_ckpt}"])
+                                 f"tokenizer.ckpt={tiny_tokenizer_ckpt}", f"data.shards_dir={mnist_shards}"])
     vae = load_tokenizer(tiny_tokenizer_ckpt)
     torch.manual_seed(0)
     model = build_model(cfg.model, vae.vocab_size, vae.Cvae, vae.patch_nums)
@@ -34,8 +35,8 @@ def run(tiny_tokenizer_ckpt, srdd_home):
 
 def test_sample_writes_grids_and_a_pyramid_npz_that_decodes_to_its_images(run, tiny_tokenizer_ckpt):
     assert srdd(["sample", "--ckpt", str(run), "--classes", "0,1,2", "--n", "6", "sample.batch_size=4",
-                 "sample.refine=mr", "sample.seed=3"]) == 0
-    out = run / "samples" / "seed3-mr"
+                 "sample.refine=sr", "sample.seed=3"]) == 0
+    out = run / "samples" / "seed3-sr"
     vae = load_tokenizer(tiny_tokenizer_ckpt)
     with np.load(out / "samples.npz") as npz:
         assert npz["images"].shape == (6, 32, 32, 3) and npz["images"].dtype == np.uint8
@@ -50,9 +51,15 @@ def test_sample_writes_grids_and_a_pyramid_npz_that_decodes_to_its_images(run, t
         assert grid.size == (2 * 34 + 2, 3 * 34 + 2)
     assert all((out / f"class_{c}.png").is_file() for c in (0, 1, 2))
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["n"] == 6 and meta["sampler"]["refine"] == "mr" and meta["refine_cost"]["passes"] > 0
+    assert meta["n"] == 6 and meta["sampler"]["refine"] == "sr" and meta["refine_cost"]["passes"] == 6 * 2
+    assert meta["refine_cost"]["restart_rows"] == 6 * len(vae.patch_nums)  # one round per scale and image
     saved = load_config(out / "config.yaml")  # the resolved config of this call, beside its outputs
-    assert saved.sample.refine == "mr" and saved.sample.seed == 3
+    assert saved.sample.refine == "sr" and saved.sample.seed == 3
+
+
+def test_self_correction_on_a_run_without_the_objective_is_refused_by_name(run, capsys):
+    assert srdd(["sample", "--ckpt", str(run), "--n", "2", "sample.refine=mr"]) == 2
+    assert "train.refine_objective" in capsys.readouterr().err
 
 
 def test_sample_is_reproducible_per_seed(run):
@@ -78,7 +85,7 @@ def test_missing_run_is_a_config_error(capsys, srdd_home):
 def test_edit_inpaint_writes_outputs_and_keeps_known_tokens(run, tiny_tokenizer_ckpt, mnist_shards):
     from data_pipeline.image_shards.loader import image_loader
 
-    overrides = [f"data.shards_dir={mnist_shards}", "sample.refine=mr"]
+    overrides = [f"data.shards_dir={mnist_shards}", "sample.refine=sr"]
     assert srdd(["edit", "--task", "inpaint", "--ckpt", str(run), "--n", "3", *overrides]) == 0
     out = run / "edits" / "inpaint"
     vae = load_tokenizer(tiny_tokenizer_ckpt)
@@ -98,19 +105,61 @@ def test_edit_inpaint_writes_outputs_and_keeps_known_tokens(run, tiny_tokenizer_
     assert json.loads((out / "meta.json").read_text())["task"] == "inpaint"
 
 
-def test_policy_train_writes_a_policy_that_srdd_sample_uses(run, pyramid_shards, tiny_tokenizer_ckpt):
-    data = [f"data.pyramids_dir={pyramid_shards}", "sample.batch_size=8"]
-    assert srdd(["policy-train", "--ckpt", str(run), "--batches", "4", "--steps", "20", *data]) == 0
+@pytest.fixture
+def eval_net(srdd_home):
+    """A (random-init) mnist-cnn feature network file: the stages' plumbing, not FD quality, is under test."""
+    from analysis.metrics.cnn import ClassifierCNN, save_classifier
+
+    torch.manual_seed(0)
+    path = srdd_home / "net.pt"
+    save_classifier(ClassifierCNN(10, width=4, feat_dim=8).eval(), path, {"name": "mnist-cnn"})
+    return [f"eval.net_ckpt={path}"]
+
+
+def test_policy_train_writes_a_policy_that_srdd_sample_uses(run, eval_net):
+    assert srdd(["policy-train", "--ckpt", str(run), "--trajectories", "8", "--steps", "20", "sample.batch_size=4",
+                 "train.wandb=disabled", *eval_net]) == 0
     out = run / "policy"
     report = json.loads((out / "comparison.json").read_text())
-    assert report["train_tokens"] == 3 * 8 * 130 and report["val_tokens"] == 8 * 130
-    assert [r["variant"].split("(")[0] for r in report["comparison"]] == ["none", "mr", "policy"]
+    K = 6
+    assert report["train_pairs"] == 6 * K and report["val_pairs"] == 2 * K  # 3/4 of 8 trajectories train
+    assert len(report["per_scale"]) == K and 0.0 <= report["chosen_frac"] <= 1.0
+    with np.load(out / "gains.npz") as z:
+        assert z["features"].shape == (8 * K, 8) and json.loads(str(z["meta"]))["depth"] == 1
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["kind"] == "policy"
-    assert load_config(out / "config.yaml").data.pyramids_dir == str(pyramid_shards)
     policy = ["sample.refine=policy", f"sample.policy_ckpt={out / 'policy.pt'}"]
     assert srdd(["sample", "--ckpt", str(run), "--classes", "1", "--n", "2", *policy]) == 0
     meta = json.loads((run / "samples" / "seed0-policy" / "meta.json").read_text())
     assert meta["sampler"]["refine"] == "policy" and meta["refine_cost"]["passes"] >= 0
+
+
+@pytest.mark.slow
+def test_refine_study_writes_the_refinement_table(run, eval_net, srdd_home):
+    """Every method the run supports, the same images per point, intervals around each FD, FLOPs that
+    grow with the restart rounds; a rerun reads its feature cache."""
+    import pandas as pd
+
+    args = ["refine-study", "--run", str(run), "--out", str(srdd_home / "study"), "--images", "12", "--seeds", "0,1,2",
+            "--rounds", "1,2", "--onepass-grid", "sample.temperature=0.9", "--bootstrap", "20",
+            "sample.batch_size=6", *eval_net]
+    assert srdd(args) == 0
+    table = pd.read_csv(srdd_home / "study" / "refinement.csv")
+    assert list(table.columns[:9]) == ["model", "method", "rounds", "sampling_flops", "fd", "fd_ci_low", "fd_ci_high",
+                                       "n_images", "n_seeds"]
+    assert table["method"].tolist() == ["none", "onepass", "restart", "restart"]  # no objective, no policy: not run
+    assert (table["n_images"] == 12).all() and (table["n_seeds"] == 3).all() and (table["model"] == "tiny").all()
+    assert ((table["fd_ci_low"] <= table["fd"]) & (table["fd"] <= table["fd_ci_high"])).all()
+    restart = table[table["method"] == "restart"].set_index("rounds")["sampling_flops"]
+    none = float(table.loc[table["method"] == "none", "sampling_flops"].iloc[0])
+    assert restart[2] - none == pytest.approx(2 * (restart[1] - none))  # SRDD: each round costs one more pass per scale
+    summary = json.loads((srdd_home / "study" / "refinement.json").read_text())
+    assert {v["method"] for v in summary["verdicts"]} == {"restart"}
+    assert all(v["outcome"] in ("beats", "worse", "inconclusive") for v in summary["verdicts"])
+    assert (srdd_home / "study" / "refinement.png").is_file()
+    cached = sorted((srdd_home / "study" / "refinement_cache" / "tiny").glob("*.npz"))
+    assert len(cached) == 2 + 3 * 3  # tuning seed: default and the grid; 3 seeds x (none, restart x 2), onepass reused
+    assert srdd(args) == 0 and sorted((srdd_home / "study" / "refinement_cache" / "tiny").glob("*.npz")) == cached
+    assert pd.read_csv(srdd_home / "study" / "refinement.csv").equals(table)
 
 
 def test_distill_cli_student_carries_the_teachers_architecture(run, pyramid_shards, srdd_home):

@@ -111,21 +111,22 @@ def test_truncation_top_k_top_p_temperature():
     assert torch.allclose(sharp, torch.tensor([0.25, 0.09, 0.0225, 0.0025]) / 0.365)
 
 
-def test_refine_hook_reruns_the_same_state_and_its_tokens_are_used(ref, vae):
+def test_refine_hook_sees_its_scale_and_its_tokens_are_used(ref, vae):
     model = reference_model(attn_window=None, ref=ref)
     seen = []
 
     def hook(step: ScaleStep) -> torch.Tensor:
-        again = step.forward()  # must not append this scale's keys/values twice
-        seen.append(torch.equal(again, step.logits_BlV))
-        assert step.guided_batch == 2 * len(step.label_B) and step.probs(again).shape == again.shape
-        return torch.zeros_like(step.draw(again))
+        seen.append((step.k, step.visit, step.rows_B.tolist()))
+        assert step.guided_batch == 2 * len(step.label_B) and step.probs(step.logits_BlV).shape == step.logits_BlV.shape
+        assert step.t == guidance_weights(1.5, len(model.patch_nums))[step.k]
+        return torch.zeros_like(step.idx_Bl)
 
     stats: dict = {}
     img, idx = sample(model, vae, ref["label_B"], seed=0, refine=hook, return_pyramid=True, stats=stats)
-    assert all(seen) and len(seen) == len(model.patch_nums)
+    B = len(ref["label_B"])
+    assert seen == [(k, 0, list(range(B))) for k in range(len(model.patch_nums))]
     assert all(int(t.abs().sum()) == 0 for t in idx)
-    assert stats["passes"] == 2 * len(model.patch_nums)
+    assert stats["passes"] == stats["base_passes"] == len(model.patch_nums) and stats["refine_passes"] == 0
     torch.testing.assert_close(img, vae.decode_pyramid(idx, model.patch_nums), rtol=0, atol=1e-5)
 
 
@@ -144,7 +145,7 @@ def test_sample_in_batches_is_per_chunk_sample_with_every_setting(ref, vae):
     schedule and refinement; stats sum over chunks, peaks take the max."""
     from pretrain.sampling.batches import sample_in_batches
     from pretrain.config.sample import SampleConfig
-    from pretrain.sampling.refine import RefineCost
+    from pretrain.sampling.refine import RefineCost, RestartSchedule
 
     model = reference_model(attn_window=0, ref=ref)
     s = SampleConfig(batch_size=2, seed=7, schedule=[1, 2, 4, 8], refine="sr", top_k=5)
@@ -156,9 +157,9 @@ def test_sample_in_batches_is_per_chunk_sample_with_every_setting(ref, vae):
     for i, (img, idx) in zip((0, 2, 4), chunks):
         own: dict = {}
         ref_img, ref_idx = sample(model, vae, labels_N[i:i + 2], seed=7 + i, schedule=[1, 2, 4, 8], top_k=5,
-                                  refine=lambda step: step.draw(step.forward()), return_pyramid=True, stats=own)
+                                  restart=RestartSchedule(1, 1), return_pyramid=True, stats=own)
         assert [t.shape[1] for t in idx] == [1, 4, 16, 64]  # the schedule was used
         assert all(torch.equal(a, b) for a, b in zip(idx, ref_idx)) and torch.equal(img, ref_img)
         passes, flops, peak = passes + own["passes"], flops + own["flops"], max(peak, own["kv_cache_bytes_peak"])
     assert (stats["passes"], stats["flops"], stats["kv_cache_bytes_peak"]) == (passes, flops, peak)
-    assert cost.passes == 3 * 4  # SR: one extra pass per scale per chunk, counted by the refiner
+    assert cost.passes == 3 * 4 and cost.restart_rows == 5 * 4  # SR: one more pass per scale and chunk (window 0)

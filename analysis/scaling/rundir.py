@@ -5,6 +5,7 @@
     DIR/<run>/samples/*.png         sample grids (the newest one is shown)
     DIR/bench/sampling.json         bench/sampling.py output: a list of rows or {"rows": [...]}
     DIR/ablation/ablation.csv       the ablation grid's table (+ DIR/ablation/**/*.png grids)
+    DIR/refinement.csv              `srdd refine-study`'s table (+ refinement.json: verdicts, tuning, command)
 
 Every reader returns None / empty when its input is absent, and ``missing`` says
 what was looked for, so each report section can degrade to one explanatory line.
@@ -74,6 +75,14 @@ class RunsDir:
         rows = obj.get("rows", []) if isinstance(obj, dict) else obj
         frame = pd.DataFrame(rows)
         return frame[[c for c in SAMPLING_COLUMNS if c in frame.columns]] if len(frame) else None
+
+    def refinement(self) -> tuple[pd.DataFrame | None, dict[str, Any]]:
+        """(refinement.csv, refinement.json or {}) of `srdd refine-study` (docs/sampling.md)."""
+        path = self.root / "refinement.csv"
+        if not path.is_file():
+            return None, {}
+        summary = self.root / "refinement.json"
+        return pd.read_csv(path), (json.loads(summary.read_text()) if summary.is_file() else {})
 
     def ablation(self) -> tuple[pd.DataFrame | None, list[Path]]:
         d = self.root / "ablation"

@@ -37,6 +37,8 @@ class TrainConfig:
     stop_after: int = bounded(0, min=0, help="checkpoint and stop after this many steps in this invocation (time slicing); 0 = off")
     wandb_project: str = doc("srdd", "wandb project; the run directory holds wandb's files")
     export_model: bool = doc(True, "write the consolidated fp32 <run>/model.pt when training ends")
+    refine_objective: str = choice("off", ("off", "remask"), help="remask = also learn to re-predict each scale from a corrupted draft of it (self-correction, sample.refine=mr; docs/sampling.md); ~2x training FLOPs")
+    refine_replace: float = bounded(0.2, min=0.0, max=1.0, help="remask: fraction of a draft's unmasked tokens replaced by a draw from the model (the rest stay true)")
 
     def validate(self, prefix: str) -> None:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

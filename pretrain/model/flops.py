@@ -70,6 +70,17 @@ def train_flops_per_sample(model: Any, **kwargs: Any) -> int:
     return 3 * forward_flops_per_sample(model, **kwargs)
 
 
+def refine_objective_flops_factor(objective: str, replace: float) -> float:
+    """Training FLOPs with ``train.refine_objective`` over those without (pretrain/train/refine_objective.py):
+    the draft stream attends to as many keys per token as the clean one, so it is a second forward +
+    backward (x 2), plus one no-grad forward to draw replacement tokens when ``replace`` > 0 (+ 1/3).
+    For executed FLOPs this is exact under window 0; other masks run both streams as one dense 2L
+    sequence, which executes more attention pairs than the factor counts."""
+    if objective == "off":
+        return 1.0
+    return 2.0 + (1.0 / 3.0 if replace > 0 else 0.0)
+
+
 # ---- executed FLOPs -----------------------------------------------------------------------------
 def executed_attention_pairs(patch_nums: Sequence[int], attn_window: Optional[int], attn_impl: str) -> int:
     """(query, key) pairs one attention layer computes per sample: L^2 dense, the tiles' otherwise."""

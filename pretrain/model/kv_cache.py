@@ -2,9 +2,14 @@
 
 Scale k attends to scales max(0, k-w)..k (``attn_window`` w; None = all), so after scale k
 is final only the last w scales' keys/values can still be read: block-causal keeps every
-scale, window w keeps w, window 0 keeps none. A scale pass first *stages* its own
+scale, window w keeps w, window 0 none. A scale pass first *stages* its own
 keys/values (``extend``); ``commit`` makes them part of the prefix once the scale's tokens
-are final, so a refinement hook can re-run the same pass without appending twice.
+are final. A pass that must not become prefix (self-correction's draft pass: scale k's keys
+are those of its input, not of a draft) attends without staging (``stage=False``).
+
+Restart (docs/sampling.md) re-enters the chain for some rows at an earlier step: ``select``
+copies those rows' cache (the first n scales, when the cache still holds them: block-causal
+only), and ``assign`` writes the regenerated rows back.
 """
 from __future__ import annotations
 
@@ -14,18 +19,23 @@ import torch
 
 from pretrain.model.attention import KVExtend
 
+KV = tuple[torch.Tensor, torch.Tensor]
+
 
 class KVCache:
     def __init__(self, depth: int, attn_window: Optional[int]):
         self.attn_window = attn_window
-        self.kept: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(depth)]  # per layer, oldest first
-        self.staged: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * depth
+        self.kept: list[list[KV]] = [[] for _ in range(depth)]  # per layer, oldest first
+        self.staged: list[Optional[KV]] = [None] * depth
+        self.committed = 0  # scales committed so far (window caches hold only the last w of them)
         self.bytes_peak = 0  # max over scales of all layers' attended keys+values (prefix + own scale)
 
-    def extend(self, layer: int) -> KVExtend:
-        """The attention hook of one layer: stage the pass's keys/values, return prefix + them."""
-        def kv_extend(k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            self.staged[layer] = (k_BHlc, v_BHlc)
+    def extend(self, layer: int, stage: bool = True) -> KVExtend:
+        """The attention hook of one layer: stage the pass's keys/values (unless ``stage`` is
+        False), return prefix + them."""
+        def kv_extend(k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> KV:
+            if stage:
+                self.staged[layer] = (k_BHlc, v_BHlc)
             prefix = self.kept[layer]
             if not prefix:
                 return k_BHlc, v_BHlc
@@ -44,6 +54,33 @@ class KVCache:
             if kv is None:
                 raise RuntimeError(f"KVCache.commit: layer {layer} ran no pass since the last commit")
             self.kept[layer].append(kv)
-            if self.attn_window is not None:
-                del self.kept[layer][:max(0, len(self.kept[layer]) - self.attn_window)]
+            if self.attn_window is not None and len(self.kept[layer]) > self.attn_window:
+                del self.kept[layer][:len(self.kept[layer]) - self.attn_window]
+        self.committed += 1
         self.staged = [None] * len(self.staged)
+
+    def holds_first(self, n: int) -> bool:
+        """Whether the keys/values of scales 0..n-1 are all still held."""
+        held = len(self.kept[0]) if self.kept else 0
+        return held == self.committed and held >= n
+
+    def select(self, rows: torch.Tensor, n: int) -> "KVCache":
+        """A cache of rows ``rows`` holding scales 0..n-1 of this one (``holds_first(n)`` must hold)."""
+        if not self.holds_first(n):
+            raise RuntimeError(f"KVCache.select: scales 0..{n - 1} are not all held (window {self.attn_window})")
+        out = KVCache(len(self.kept), self.attn_window)
+        out.kept = [[(k[rows], v[rows]) for k, v in layer[:n]] for layer in self.kept]
+        out.committed = n
+        return out
+
+    def assign(self, rows: torch.Tensor, other: "KVCache") -> None:
+        """Rows ``rows`` of every held scale take ``other``'s keys/values (the same number held)."""
+        if any(len(a) != len(b) for a, b in zip(self.kept, other.kept)):
+            raise RuntimeError(f"KVCache.assign: {len(other.kept[0])} held scales into a cache holding {len(self.kept[0])}")
+        for layer, (mine, theirs) in enumerate(zip(self.kept, other.kept)):
+            merged = []
+            for (k, v), (k_new, v_new) in zip(mine, theirs):
+                k, v = k.clone(), v.clone()
+                k[rows], v[rows] = k_new, v_new
+                merged.append((k, v))
+            self.kept[layer] = merged

@@ -75,3 +75,21 @@ def attn_bias(patch_nums: Sequence[int], attn_window: Optional[int]) -> torch.Te
         visible &= k_1L >= q_L1 - attn_window
     L = len(q_L1)
     return torch.where(visible, 0.0, -torch.inf).reshape(1, 1, L, L)
+
+
+def draft_stream_bias(patch_nums: Sequence[int], attn_window: Optional[int]) -> torch.Tensor:
+    """Additive mask (1, 1, 2L, 2L) of the self-correction objective's two streams (docs/sampling.md):
+    the clean stream (first L) under ``attn_bias``; a draft-stream query of scale k sees the clean
+    keys of its visible *earlier* scales and the draft keys of its own scale, as a draft pass at
+    sampling attends to the committed prefix and to itself."""
+    ids = scale_ids(patch_nums)
+    L = len(ids)
+    q_L1, k_1L = ids[:, None], ids[None, :]
+    earlier = k_1L < q_L1
+    if attn_window is not None:
+        earlier &= k_1L >= q_L1 - attn_window
+    cross = torch.where(earlier, 0.0, -torch.inf)
+    own = torch.where(k_1L == q_L1, 0.0, -torch.inf)
+    hidden = torch.full((L, L), -torch.inf)
+    top = torch.cat((attn_bias(patch_nums, attn_window)[0, 0], hidden), dim=1)
+    return torch.cat((top, torch.cat((cross, own), dim=1)), dim=0).reshape(1, 1, 2 * L, 2 * L)

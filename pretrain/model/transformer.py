@@ -8,12 +8,19 @@ and ``pos_1LC`` (its absolute position). AdaLN blocks read the class embedding; 
 predicts each token's code (V logits). ``class_emb`` has num_classes + 1 rows: the last is
 the null class of classifier-free guidance.
 
+Self-correction inputs (``refine_inputs``, built for runs trained with ``train.refine_objective``):
+a *draft* of scale k enters as scale k's input plus ``word_embed``'s matrix applied to what
+committing the draft's kept tokens adds to the state (the tokenizer's ``draft_delta``), plus a
+learned ``draft_flag`` on every token of the draft pass and ``draft_mask`` on each removed token
+(docs/sampling.md, "Self-correction"). Models built without them keep VAR's layout exactly.
+
 The attention mask is ``attn_window`` (pretrain/model/masks.py): None = VAR, 0 = SRDD.
 ``attn_impl`` is how teacher forcing applies it: "auto" attends over the mask's tiles and skips
 hidden pairs (pretrain/model/tiled_attention.py), "dense" is the additive -inf mask over all
 L x L pairs (the reference). Both give the same outputs and share one state dict.
 Keys: word_embed, class_emb, pos_start, pos_1LC, lvl_embed, blocks.i.{attn,ffn,ada_lin},
-head_nm.ada_lin, head, and the buffers lvl_1L, attn_bias_for_masking, blocks.i.attn.zero_k_bias.
+head_nm.ada_lin, head, and the buffers lvl_1L, attn_bias_for_masking, blocks.i.attn.zero_k_bias
+(+ draft_flag, draft_mask with ``refine_inputs``).
 """
 from __future__ import annotations
 
@@ -28,13 +35,13 @@ from torch import nn
 from pretrain.model.attention import Attend, masked_attention
 from pretrain.model.blocks import AdaLNBeforeHead, AdaLNSelfAttn
 from pretrain.model.kv_cache import KVCache
-from pretrain.model.masks import attention_tiles, attn_bias, scale_bounds, scale_ids
+from pretrain.model.masks import attention_tiles, attn_bias, draft_stream_bias, scale_bounds, scale_ids
 from pretrain.model.tiled_attention import group_tiles, tiled_attention
 
 VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 ATTN_IMPLS = ("auto", "dense")
 # Lookup tables: no matmul per token, excluded from the non-embedding count (Kaplan et al. 2020).
-EMBEDDING_PREFIXES = ("class_emb.", "pos_start", "pos_1LC", "lvl_embed.")
+EMBEDDING_PREFIXES = ("class_emb.", "pos_start", "pos_1LC", "lvl_embed.", "draft_flag", "draft_mask")
 
 
 class VarStateDictError(ValueError):
@@ -45,7 +52,8 @@ class Transformer(nn.Module):
     def __init__(self, *, vocab_size: int, z_channels: int, patch_nums: Sequence[int] = VAR_PATCH_NUMS,
                  depth: int = 16, width: Optional[int] = None, heads: Optional[int] = None, num_classes: int = 1000,
                  mlp_ratio: float = 4.0, drop_path: float = 0.0, cond_drop: float = 0.1,
-                 attn_window: Optional[int] = None, init_std: float = 0.02, attn_impl: str = "auto"):
+                 attn_window: Optional[int] = None, init_std: float = 0.02, attn_impl: str = "auto",
+                 refine_inputs: bool = False):
         super().__init__()
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl={attn_impl!r}: choose one of {list(ATTN_IMPLS)}")
@@ -70,6 +78,10 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(AdaLNSelfAttn(C, self.num_heads, mlp_ratio, p) for p in drop_path_per_block)
         self.head_nm = AdaLNBeforeHead(C)
         self.head = nn.Linear(C, vocab_size)
+        self.refine_inputs = refine_inputs
+        if refine_inputs:
+            self.draft_flag = nn.Parameter(torch.empty(1, 1, C))
+            self.draft_mask = nn.Parameter(torch.empty(1, 1, C))
         self.register_buffer("lvl_1L", scale_ids(self.patch_nums)[None])
         self.register_buffer("attn_bias_for_masking", attn_bias(self.patch_nums, attn_window))
         # the mask follows attn_window, never a loaded checkpoint's (VAR's files store block-causal)
@@ -97,6 +109,9 @@ class Transformer(nn.Module):
                 m.bias.zero_()
         nn.init.trunc_normal_(self.pos_start, std=auto_std)
         nn.init.trunc_normal_(self.pos_1LC, std=auto_std)
+        if self.refine_inputs:
+            nn.init.trunc_normal_(self.draft_flag, std=auto_std)
+            nn.init.trunc_normal_(self.draft_mask, std=auto_std)
         self.head.weight.mul_(0.02)
         self.head_nm.ada_lin[-1].weight.mul_(0.5)
         for block in self.blocks:
@@ -125,11 +140,17 @@ class Transformer(nn.Module):
         return model
 
     # ---- teacher forcing ------------------------------------------------------------
-    def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor) -> torch.Tensor:
+    def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor,
+                draft: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, L, V) of every token given the teacher-forcing input of scales 1..K-1.
 
         In training, labels are replaced by the null class with probability ``cond_drop``
-        (what classifier-free guidance needs); in eval mode never."""
+        (what classifier-free guidance needs); in eval mode never.
+
+        ``draft = (delta_BLCv, masked_BL)`` (``refine_inputs`` models) also runs the draft stream:
+        every scale k once more with a draft of its own tokens in its input (``draft_input``),
+        attending to the clean stream's visible earlier scales and to its own draft scale only, as a
+        self-correction pass does at sampling; returns (clean logits, draft logits), both (B, L, V)."""
         B = x_BLCv_wo_first_l.shape[0]
         if self.training and self.cond_drop_rate > 0:
             drop_B = torch.rand(B, device=label_B.device) < self.cond_drop_rate
@@ -139,10 +160,31 @@ class Transformer(nn.Module):
         x_BLCv = x_BLCv_wo_first_l.to(self.word_embed.weight.dtype)
         x_BLC = torch.cat((sos_BlC, self.word_embed(x_BLCv)), dim=1)
         x_BLC = x_BLC + (self.lvl_embed(self.lvl_1L.expand(B, -1)) + self.pos_1LC)
-        attend = self.teacher_forcing_attention()
+        if draft is None:
+            return self.logits(self.run_blocks(x_BLC, cond_BD, self.teacher_forcing_attention()), cond_BD)
+        xd_BLC = self.draft_input(x_BLC, *draft)
+        if self.attn_window == 0:  # Markov: the draft stream sees nothing of the clean one, a batch of its own
+            out_2BLC = self.run_blocks(torch.cat((x_BLC, xd_BLC)), cond_BD.repeat(2, 1), self.teacher_forcing_attention())
+            out_BLC, outd_BLC = out_2BLC.chunk(2)
+        else:  # one sequence of 2L tokens under the clean mask plus the draft stream's (dense reference path)
+            bias = draft_stream_bias(self.patch_nums, self.attn_window).to(x_BLC.device)
+            out_B2LC = self.run_blocks(torch.cat((x_BLC, xd_BLC), dim=1), cond_BD, partial(masked_attention, bias_11LL=bias))
+            out_BLC, outd_BLC = out_B2LC.split(self.L, dim=1)
+        return self.logits(out_BLC, cond_BD), self.logits(outd_BLC, cond_BD)
+
+    def run_blocks(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, attend: Attend) -> torch.Tensor:
         for block in self.blocks:
             x_BLC = block(x_BLC, cond_BD, attend)
-        return self.logits(x_BLC, cond_BD)
+        return x_BLC
+
+    def draft_input(self, x_BlC: torch.Tensor, delta_BlCv: torch.Tensor, masked_Bl: torch.Tensor) -> torch.Tensor:
+        """A draft pass's input: the embedded input ``x_BlC`` of its scale plus ``word_embed``'s matrix
+        applied to ``delta_BlCv`` (the kept draft tokens' contribution to the state, tokenizer's
+        ``draft_delta``), plus ``draft_flag``, plus ``draft_mask`` where ``masked_Bl``."""
+        if not self.refine_inputs:
+            raise ValueError("self-correction needs a model trained with train.refine_objective (it has no draft inputs)")
+        delta_BlC = delta_BlCv.to(self.word_embed.weight.dtype) @ self.word_embed.weight.T
+        return x_BlC + delta_BlC + self.draft_flag + masked_Bl.unsqueeze(-1).to(x_BlC.dtype) * self.draft_mask
 
     def teacher_forcing_attention(self) -> Attend:
         """The mask as ``attn_impl`` applies it to all L tokens at once."""
@@ -166,13 +208,13 @@ class Transformer(nn.Module):
             raise ValueError(f"scale {k} needs its input x_BlCv (f_hat of the earlier scales)")
         return self.word_embed(x_BlCv.to(self.word_embed.weight.dtype)) + lvl_pos_1lC
 
-    def forward_scale(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def forward_scale(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor, cache: KVCache, stage: bool = True) -> torch.Tensor:
         """Logits (B, pn^2, V) of one scale, attending to its own tokens and the cache's prefix.
 
-        Stages the scale's keys/values in ``cache``; the caller commits them once the scale's
-        tokens are final (so the pass may be re-run for refinement)."""
+        Stages the scale's keys/values in ``cache`` (unless ``stage`` is False: a draft pass); the
+        caller commits them once the scale's tokens are final."""
         for i, block in enumerate(self.blocks):
-            x_BlC = block(x_BlC, cond_BD, kv_extend=cache.extend(i))
+            x_BlC = block(x_BlC, cond_BD, kv_extend=cache.extend(i, stage))
         return self.logits(x_BlC, cond_BD)
 
     def new_cache(self) -> KVCache:
@@ -189,7 +231,7 @@ class Transformer(nn.Module):
     def extra_repr(self) -> str:
         return (f"depth={self.depth}, width={self.C}, heads={self.num_heads}, V={self.V}, Cvae={self.Cvae}, "
                 f"classes={self.num_classes}, patch_nums={list(self.patch_nums)}, attn_window={self.attn_window}, "
-                f"attn_impl={self.attn_impl}")
+                f"attn_impl={self.attn_impl}" + (", refine_inputs=True" if self.refine_inputs else ""))
 
 
 def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:

@@ -242,6 +242,9 @@ class VarCodec:
     def decode(self, codes, patch_nums=None):
         return self.vae.decode_pyramid(codes, patch_nums)
 
+    def draft_delta(self, idx_Bl, keep_Bl, k, patch_nums=None):
+        return self.vae.draft_delta(idx_Bl, keep_Bl, k, patch_nums)
+
 
 Codec = PyramidCodec | VarCodec
 
@@ -256,13 +259,15 @@ def pixel_patch(resolution: int, patch_nums: Sequence[int]) -> int:
 
 
 def check_sampling(cfg: Any) -> None:
-    """Refuse sampler features a cell's head cannot serve (they re-draw one categorical per token)."""
+    """Refuse sampler features a cell cannot serve: refinement re-enters the VQ-VAE's residual
+    quantiser (restart) and re-predicts one categorical per token (self-correction, one-pass)."""
     p = cfg.pyramid
-    if cfg.sample.refine != "none" and (p.space, p.codes) != ("latent", "discrete"):
+    if cfg.sample.refine != "none" and (p.space, p.codes, p.bands) != ("latent", "discrete", "residual"):
         why = ("continuous codes have no token distribution to re-draw from" if p.codes == "continuous" else
-               "pixel-space discrete tokens are 3p^2 independent values, not one categorical")
-        raise ConfigError(f"sample.refine={cfg.sample.refine} with pyramid.space={p.space} pyramid.codes={p.codes}: "
-                          f"{why}; use sample.refine=none")
+               "pixel-space discrete tokens are 3p^2 independent values, not one categorical" if p.space == "pixel" else
+               "absolute bands have no residual forward process to re-enter")
+        raise ConfigError(f"sample.refine={cfg.sample.refine} with pyramid.space={p.space} pyramid.codes={p.codes} "
+                          f"pyramid.bands={p.bands}: {why}; use sample.refine=none")
 
 
 def build_codec(cfg: Any, vae: Any = None) -> Codec:

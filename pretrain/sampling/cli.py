@@ -53,7 +53,8 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run / "samples" / f"seed{s.seed}-{s.refine}"
     meta = {"ckpt": str(run / "model.pt"), "n": len(labels), "classes": sorted(set(labels.tolist())),
             "sampler": {k: getattr(s, k) for k in ("cfg", "cfg_schedule", "top_k", "top_p", "temperature", "seed",
-                                                    "refine", "refine_rounds", "p_resample", "refine_scales")},
+                                                    "refine", "refine_rounds", "p_resample", "refine_depth",
+                                                    "refine_scales")},
             "refine_cost": cost.as_dict()}
     write_outputs(cfg, out, torch.cat(images), labels, pyramid, json.loads(json.dumps(meta, default=list)))
     log.info("wrote %d samples to %s", len(labels), out)

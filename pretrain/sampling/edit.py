@@ -13,8 +13,9 @@ mask), so a coarse token that straddles the edit region is always generated.
   tokenised; the coarse scales it can determine (pn <= final side / factor) are fixed
   entirely and the fine scales are sampled.
 
-The clamp is a ``refine`` hook composed after refinement (pretrain/sampling/refine.py), so
-refined draws are clamped too and known tokens come back exactly.
+The clamp is the sampler's ``constrain`` hook (pretrain/sampling/sampler.py): it applies to every
+draw, before and after refinement, and to a restart's re-quantised prefix, so known tokens come
+back exactly whatever ``sample.refine`` does.
 """
 from __future__ import annotations
 
@@ -54,10 +55,10 @@ class KnownTokens:
     idx: list[torch.Tensor]
     mask: list[torch.Tensor]
 
-    def __call__(self, step: Any) -> torch.Tensor:
-        """The clamp hook: known positions get the known code, the rest keep the sampler's draw."""
-        k = step.k
-        return torch.where(self.mask[k], self.idx[k].to(step.idx_Bl.device), step.idx_Bl)
+    def __call__(self, k: int, idx_Bl: torch.Tensor, rows_B: torch.Tensor) -> torch.Tensor:
+        """The clamp: known positions of rows ``rows_B`` get the known code, the rest keep ``idx_Bl``."""
+        rows_B = rows_B.to(self.mask[k].device)
+        return torch.where(self.mask[k][rows_B].to(idx_Bl.device), self.idx[k][rows_B].to(idx_Bl.device), idx_Bl)
 
 
 def known_tokens(vae: Any, img_B3HW: torch.Tensor, task: str, patch_nums: Sequence[int],
@@ -80,17 +81,22 @@ def known_tokens(vae: Any, img_B3HW: torch.Tensor, task: str, patch_nums: Sequen
 
 
 def edit(model: Any, vae: Any, img_B3HW: torch.Tensor, label_B: torch.Tensor, task: str,
-         sample_cfg: Any, refine: Any = None) -> tuple[torch.Tensor, list[torch.Tensor], KnownTokens]:
-    """Run one zero-shot edit; returns (edited images, their token pyramid, the clamped tokens)."""
-    from pretrain.sampling.refine import compose
+         sample_cfg: Any, refinement: Any = None) -> tuple[torch.Tensor, list[torch.Tensor], KnownTokens]:
+    """Run one zero-shot edit with ``refinement`` (a ``build_refiner`` result, or None); returns
+    (edited images, their token pyramid, the clamped tokens)."""
     from pretrain.sampling.sampler import sample
 
     patch_nums = tuple(sample_cfg.schedule) or tuple(model.patch_nums)
     known = known_tokens(vae, img_B3HW, task, patch_nums, sample_cfg.edit_box, sample_cfg.superres_factor)
+    stats: dict[str, Any] = {}
     img, pyramid = sample(model, vae, label_B, cfg=sample_cfg.cfg, top_k=sample_cfg.top_k, top_p=sample_cfg.top_p,
-                          seed=sample_cfg.seed, schedule=list(patch_nums), refine=compose(refine, known),
+                          seed=sample_cfg.seed, schedule=list(patch_nums),
+                          refine=refinement.hook if refinement else None,
+                          restart=refinement.restart if refinement else None, constrain=known,
                           temperature=sample_cfg.temperature, cfg_schedule=sample_cfg.cfg_schedule,
-                          return_pyramid=True)
+                          return_pyramid=True, stats=stats)
+    if refinement:
+        refinement.cost.add_stats(stats)
     return img, pyramid, known
 
 
@@ -118,18 +124,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     from pretrain.sampling.batches import build_refiner
     from pretrain.sampling.load import load_for_sampling
-    from pretrain.sampling.refine import RefineCost
     from pretrain.sampling.save import write_outputs
 
     model, vae, run, _ = load_for_sampling(args.ckpt)
     n = args.n or cfg.sample.n
     img, label = source_images(cfg, n)
-    cost = RefineCost()
-    refine = build_refiner(cfg.sample, model, cost)
+    refinement = build_refiner(cfg.sample, model)
     out_dir = args.out or (run / "edits" / args.task)
     with torch.no_grad():
-        edited, pyramid, known = edit(model, vae, img, label, args.task, cfg.sample, refine)
+        edited, pyramid, known = edit(model, vae, img, label, args.task, cfg.sample, refinement)
     extra = {"source": img, **{f"known_mask_s{k}": m for k, m in enumerate(known.mask)}}
-    write_outputs(cfg, out_dir, edited, label, pyramid, {"task": args.task, "refine_cost": cost.as_dict()}, extra)
+    write_outputs(cfg, out_dir, edited, label, pyramid, {"task": args.task, "refine_cost": refinement.cost.as_dict()},
+                  extra)
     log.info("wrote %d %s edits to %s", len(label), args.task, out_dir)
     return 0

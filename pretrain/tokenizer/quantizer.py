@@ -118,24 +118,26 @@ class ResidualQuantizer(nn.Module):
         return self.embedding(idx_Bl).transpose(1, 2).reshape(B, self.Cvae, pn, pn)
 
     # ---- whole pyramid ----------------------------------------------------------
-    def quantize(self, f_BChw: torch.Tensor, patch_nums: Sequence[int], with_fhat: bool = True
-                 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        """Alg. 1 without gradients to f. Returns (idx per scale (B, pn*pn), f_hat after each
-        scale (empty unless ``with_fhat``), the residual each scale quantised (N, Cvae))."""
+    def quantize(self, f_BChw: torch.Tensor, patch_nums: Sequence[int], with_fhat: bool = True,
+                 upto: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Alg. 1 without gradients to f, over the first ``upto`` scales (all by default). Returns
+        (idx per scale (B, pn*pn), f_hat after each scale (empty unless ``with_fhat``), the
+        residual each scale quantised (N, Cvae))."""
         B, C, H, W = f_BChw.shape
         K = len(patch_nums)
+        last = K if upto is None else upto
         f_rest = f_BChw.detach().clone()
         f_hat = torch.zeros_like(f_rest)
         idx_list: list[torch.Tensor] = []
         fhats: list[torch.Tensor] = []
         rests: list[torch.Tensor] = []
-        for k, pn in enumerate(patch_nums):
+        for k, pn in enumerate(patch_nums[:last]):
             rest = F.interpolate(f_rest, size=(pn, pn), mode="area") if k != K - 1 else f_rest
             rest_NC = rest.permute(0, 2, 3, 1).reshape(-1, C)
             idx_N = self.nearest_code(rest_NC)
             idx_list.append(idx_N.view(B, pn * pn))
             rests.append(rest_NC)
-            if k == K - 1 and not with_fhat:
+            if k == last - 1 and not with_fhat:
                 break  # the last contribution only matters for f_hat
             h = self.scale_contribution(self.lookup(idx_list[-1], pn), k, patch_nums)
             f_hat = f_hat + h

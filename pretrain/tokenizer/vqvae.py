@@ -132,6 +132,32 @@ class MultiScaleVQVAE(nn.Module):
         pn = pns[k + 1]
         return F.interpolate(f_hat_BChw, size=(pn, pn), mode="area").flatten(2).transpose(1, 2)
 
+    @torch.no_grad()
+    def requantize(self, f_hat_BChw: torch.Tensor, upto: int, patch_nums: Sequence[int] | None = None
+                   ) -> list[torch.Tensor]:
+        """The forward process from an estimate: residual-quantise ``f_hat`` (Alg. 1) on the first
+        ``upto`` scales. Their tokens are the Markov state SRDD re-enters at step ``upto``
+        (docs/sampling.md, "Restart"); ``fhat_from_pyramid(tokens, upto)`` is that state."""
+        pns = self._schedule(patch_nums)
+        if not 0 <= upto <= len(pns):
+            raise ValueError(f"upto={upto} must be in [0, {len(pns)}]")
+        if upto == 0:
+            return []
+        idx_list, _, _ = self.quantize.quantize(f_hat_BChw, pns, with_fhat=False, upto=upto)
+        return idx_list
+
+    def draft_delta(self, idx_Bl: torch.Tensor, keep_Bl: torch.Tensor, k: int,
+                    patch_nums: Sequence[int] | None = None) -> torch.Tensor:
+        """What committing the kept tokens of a draft of scale k adds to scale k's input, (B, pn_k^2, Cvae):
+        Phi_k(upsample(lookup(idx) * keep)) area-downsampled back to pn_k. Scale k's input plus this is
+        the state after the kept draft, at scale k's side (area-downsampling is linear); a removed
+        (masked) token contributes no code. The self-correction pass reads it (docs/sampling.md)."""
+        pns = self._schedule(patch_nums)
+        pn = pns[k]
+        emb_BCpp = self.quantize.lookup(idx_Bl, pn) * keep_Bl.view(-1, 1, pn, pn).to(self.quantize.embedding.weight.dtype)
+        h = self.quantize.scale_contribution(emb_BCpp, k, pns)
+        return F.interpolate(h, size=(pn, pn), mode="area").flatten(2).transpose(1, 2)
+
     def pyramid_to_var_input(self, idx_list: Sequence[torch.Tensor], patch_nums: Sequence[int] | None = None
                              ) -> torch.Tensor:
         """Teacher-forcing input x_BLCv for scales 1..K-1 (VAR's idxBl_to_var_input):

@@ -40,7 +40,7 @@ MARKER = "complete"
 def frozen_keys(cfg: SRDDConfig, world_size: int) -> dict[str, Any]:
     """Config values a checkpoint is bound to: change one and the saved tensors or the
     optimizer/loader shards no longer fit (or the run would silently become another run)."""
-    return {
+    keys = {
         "model.size": cfg.model.size,
         "model.attn_window": cfg.model.window,  # the resolved mask: var -> None, srdd -> 0
         "model.num_classes": cfg.model.num_classes,
@@ -57,6 +57,9 @@ def frozen_keys(cfg: SRDDConfig, world_size: int) -> dict[str, Any]:
         "train.precision": cfg.train.precision,
         "world_size": world_size,
     }
+    if cfg.train.refine_objective != "off":  # only then: checkpoints from before the key still resume
+        keys["train.refine_objective"] = cfg.train.refine_objective
+    return keys
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:

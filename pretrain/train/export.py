@@ -60,7 +60,8 @@ def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, SRDDConfig, di
     cfg = config_from_dict(obj["config"])
     sd = obj["state_dict"]
     vocab_size, z_channels = _head_shapes(sd)
-    model = build_model(cfg.model, vocab_size, z_channels, cfg.tokenizer.patch_nums)
+    # self-correction inputs exist iff the run trained them (files from before train.refine_objective have none)
+    model = build_model(cfg.model, vocab_size, z_channels, cfg.tokenizer.patch_nums, refine_inputs="draft_flag" in sd)
     model.load_state_dict(sd, strict=True)
     meta = {k: v for k, v in obj.items() if k not in ("state_dict", "config")}
     return model.eval(), cfg, meta

@@ -21,12 +21,13 @@ from pretrain.config import SRDDConfig
 from pretrain.config.fields import ConfigError
 from pretrain.dist import DistInfo, init_distributed
 from pretrain.engine import build_engine
-from pretrain.model.flops import train_flops_executed_per_sample, train_flops_per_sample
+from pretrain.model.flops import refine_objective_flops_factor, train_flops_executed_per_sample, train_flops_per_sample
 from pretrain.outputs import atomic_write_json, run_dir, save_config
 from pretrain.train.budget import tokens_per_sample, total_steps
 from pretrain.train.checkpoint import frozen_keys
 from pretrain.train.data import codes_loader, model_batches
 from pretrain.train.export import consolidated_state_dict, save_model
+from pretrain.train.refine_objective import RemaskObjective
 from pretrain.train.task import Log, Progress, Schedule, StepLoss, TaskDefaults, Window
 from pretrain.train.token_loss import Batch, ScaleStats, TokenObjective, evaluate
 from pretrain.train.trainer import Trainer
@@ -89,18 +90,25 @@ class TransformerTask(TaskDefaults):
         self.vae, self.tokenizer_hash = (load_frozen_tokenizer(cfg, self.device) if cfg.pyramid.space == "latent"
                                          else (None, ""))
         self.codec = build_codec(cfg, self.vae)
+        remask = cfg.train.refine_objective != "off"
+        if remask and not hasattr(self.codec, "draft_delta"):
+            raise ConfigError(f"train.refine_objective={cfg.train.refine_objective} needs the VAR cell "
+                              f"(pyramid latent-discrete-residual), not {cfg.pyramid.cell}: drafts enter through the VQ-VAE")
         torch.manual_seed(cfg.seed)  # identical init on every rank
-        model = build_model(cfg.model, self.codec.head_dim, self.codec.in_channels, cfg.tokenizer.patch_nums)
+        model = build_model(cfg.model, self.codec.head_dim, self.codec.in_channels, cfg.tokenizer.patch_nums,
+                            refine_inputs=remask)
         self.params, self.non_embedding_params = model.num_params(), model.num_non_embedding_params()
-        self.flops_per_sample = train_flops_per_sample(model)
-        self.flops_executed_per_sample = train_flops_executed_per_sample(model)
+        factor = refine_objective_flops_factor(cfg.train.refine_objective, cfg.train.refine_replace)
+        self.flops_per_sample = round(factor * train_flops_per_sample(model))
+        self.flops_executed_per_sample = round(factor * train_flops_executed_per_sample(model))
         self.engines = {"model": build_engine(model, cfg.train, self.schedule.total_steps, self.info.world_size)}
         torch.manual_seed(cfg.seed * 1000 + self.info.rank)  # class dropout differs per rank
         self.loader = self.targets("train")
         if cfg.pyramid.uses_pyramid_shards:
             check_pyramids(self.loader, self.tokenizer_hash, list(cfg.tokenizer.patch_nums))
-        self.objective = TokenObjective(self.engines["model"], self.stats, cfg.train.label_smoothing,
-                                        self.codec.head.loss)
+        self.objective = (RemaskObjective(self.engines["model"], self.stats, cfg.train.label_smoothing, self.codec,
+                                          cfg.tokenizer.patch_nums, cfg.train.refine_replace) if remask else
+                          TokenObjective(self.engines["model"], self.stats, cfg.train.label_smoothing, self.codec.head.loss))
         if self.info.is_main:
             save_config(cfg, self.run)
 
@@ -125,7 +133,8 @@ class TransformerTask(TaskDefaults):
         self.objective.accumulate(out)
 
     def record(self, window: Window) -> dict[str, Any]:
-        return {**self.counters(window.step), **self.stats.reduce(self.device),
+        draft = self.objective.record(self.device) if isinstance(self.objective, RemaskObjective) else {}
+        return {**self.counters(window.step), **self.stats.reduce(self.device), **draft,
                 "tokens_per_s": window.steps * self.cfg.train.batch_size * self.L / window.seconds}
 
     def validate(self, step: int) -> dict[str, Any]:
@@ -137,11 +146,16 @@ class TransformerTask(TaskDefaults):
         return {"kind": "val", **self.counters(step), **out}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loader": self.loader.state_dict(), "stats": self.stats.sums_3K.clone()}
+        state = {"loader": self.loader.state_dict(), "stats": self.stats.sums_3K.clone()}
+        if isinstance(self.objective, RemaskObjective):
+            state["draft_stats"] = self.objective.draft_stats.sums_3K.clone()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loader.load_state_dict(state["loader"])
         self.stats.sums_3K = state["stats"]
+        if isinstance(self.objective, RemaskObjective):
+            self.objective.draft_stats.sums_3K = state["draft_stats"]
 
     def finish(self, progress: Progress, log: Log) -> None:
         """Final val pass, model.pt and final.json (the sweep's runs table reads it)."""
