@@ -75,30 +75,12 @@ def sample_images(model: Any, codec: Any, labels_N: Any, cfg: SRDDConfig) -> tup
     return torch.cat(images), stats["flops"]
 
 
-def fd_scorer(cfg: SRDDConfig) -> tuple[Any, str]:
-    """(callable images -> FD, metric name) with the eval area's feature network, or (None, why not)."""
-    from analysis.evaluate import val_reference
-    from analysis.metrics import frechet_distance_from_stats, gaussian_stats
-    from analysis.metrics.networks import load_feature_net
-
-    try:
-        net = load_feature_net(cfg.eval, cfg.data.source)
-    except ConfigError as err:
-        return None, f"FD not computed: {err}"
-    ref = val_reference(cfg, net, cfg.eval.batch_size)
-
-    def score(img_N3HW: Any) -> float:
-        feats_ND, _ = net.extract(img_N3HW.split(cfg.eval.batch_size))
-        return frechet_distance_from_stats(gaussian_stats(feats_ND, "generated"), ref.stats)
-
-    return score, net.metric("FD")
-
-
 def evaluate_cell(cfg: SRDDConfig, cell: str, status: str, n_per_class: int, fd_samples: int) -> dict[str, Any]:
     """The cell's table row (``status``: its run's, slurm.runs.run_status); writes ``<cell>.png``
     when the run has its model. ``cfg`` supplies sample.* and eval.*. Picklable for submitit."""
     import torch
 
+    from analysis.evaluate import fd_scorer
     from analysis.runs_table import run_row
     from pretrain.sampling.batches import class_labels
     from pretrain.sampling.save import grid, to_uint8, write_png

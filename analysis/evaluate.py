@@ -102,6 +102,24 @@ def val_reference(run_cfg: SRDDConfig, net: Any, batch_size: int, refresh: bool 
     return reference_for(cache, net, manifest_sha256, "val", val_images, refresh=refresh)
 
 
+def fd_scorer(cfg: SRDDConfig) -> tuple[Any, str]:
+    """(callable images -> FD, metric name) with the eval area's feature network, or (None, why not)."""
+    from analysis.metrics import frechet_distance_from_stats, gaussian_stats
+    from analysis.metrics.networks import load_feature_net
+
+    try:
+        net = load_feature_net(cfg.eval, cfg.data.source)
+    except ConfigError as err:
+        return None, f"FD not computed: {err}"
+    ref = val_reference(cfg, net, cfg.eval.batch_size)
+
+    def score(img_N3HW: Any) -> float:
+        feats_ND, _ = net.extract(img_N3HW.split(cfg.eval.batch_size))
+        return frechet_distance_from_stats(gaussian_stats(feats_ND, "generated"), ref.stats)
+
+    return score, net.metric("FD")
+
+
 def fid_inception(run_cfg: SRDDConfig, cfg: SRDDConfig, images: list[torch.Tensor],
                   refresh: bool) -> tuple[dict[str, float], dict[str, Any]]:
     """(``{"FID-inception": value}``, provenance for the record): the generated images against the

@@ -222,6 +222,46 @@ else:
     display(Markdown("\n".join(f"- {line}" for line in lines)))
 
 # %% [markdown]
+# ## Scale distillation
+# `DIR/distill.csv` (`srdd distill-study`, docs/sampling.md): FD of the teacher on its full schedule,
+# the distilled student (trained on the teacher's samples, sampled plainly: its targets carry the
+# teacher's guidance), the data-only control (the student schedule trained from scratch on data with
+# the same total compute: `train_flops`, the teacher's training plus the whole distillation) and the
+# teacher re-indexed to the student schedule with no training; means over seeds with 95% intervals,
+# sampling FLOPs per image (guidance rows included) and transformer-loop seconds per sampler call.
+# The goal: the distilled student within 5% of the teacher's FD at <= 0.75x its sampling FLOPs, and
+# better than the data-only control.
+
+# %%
+from analysis.distill_study import report_section as distill_section
+
+distill = distill_section(rd.root)
+if distill is None:
+    not_available(f"{RUNS_DIR}/distill.csv is missing (run `srdd distill-study`)")
+else:
+    display(distill[0])
+    display(Markdown("\n".join(f"- {line}" for line in distill[1])))
+
+# %% [markdown]
+# ## Zero-shot reconstruction
+# `DIR/edits.csv` (`srdd edit-study`, docs/sampling.md): the VAR and SRDD models of one size
+# edit the same held-out images (inpaint the centre box or a random box, outpaint the right half,
+# super-resolve x2 / x4), without and with refinement; PSNR on the known region and the whole image,
+# LPIPS-alex of the whole image, FD of the completed images; means over seeds with 95% intervals.
+# The second table is SRDD minus VAR per seed, signed so that positive means SRDD reconstructs better.
+
+# %%
+from analysis.edit_study import report_section as edit_section
+
+edits = edit_section(rd.root)
+if edits is None:
+    not_available(f"{RUNS_DIR}/edits.csv is missing (run `srdd edit-study`)")
+else:
+    display(edits[0])
+    display(edits[1])
+    display(Markdown(edits[2]))
+
+# %% [markdown]
 # ## Sample grids
 # Every grid under each run's samples/ directory; `srdd sample` names them
 # seed<S>-<refine>/grid.png, so refinement settings sit side by side.

@@ -188,12 +188,59 @@ def stage_train(study: Study, cfg: SRDDConfig) -> bool:
     return bool(todo)
 
 
+# Scale distillation and zero-shot reconstruction (issue 17). Budget on 2 cores (~4 minutes
+# together for the next three stages, measured: docs/sampling.md, "In the demo"): the teacher
+# samples DISTILL_SAMPLES images once, the student trains DISTILL_STEPS steps on them, the
+# data-only control trains for the same total FLOPs (the teacher's training + all of the above),
+# the scoring samples DISTILL_STUDY_N images per model and seed, the edit study edits
+# EDIT_STUDY_N held-out images per run, mask, refinement and seed.
+DISTILL_SAMPLES, DISTILL_STEPS, DISTILL_STUDY_N, EDIT_STUDY_N, STUDY_SEEDS = 1024, 80, 200, 48, 3
+QUICK_DISTILL = {"samples": 64, "steps": 10, "study_n": 20, "edit_n": 8}
+
+
+def distill_runs(study: Study) -> tuple[str, str, str]:
+    """(teacher, distilled student, data-only control): the largest SRDD run and its two students."""
+    return study.run(study.sizes[-1], "srdd"), study.distilled, f"{study.name}/{study.sizes[-1]}-srdd-data-only"
+
+
 def stage_distill(study: Study, cfg: SRDDConfig) -> bool:
-    if (home_dir() / study.distilled / "model.pt").exists():  # distillation writes no final.json
+    """The distilled student (teacher samples + training), then the data-only control at the same total FLOPs."""
+    from pretrain.distill.task import read_flops
+
+    teacher, distilled, control = distill_runs(study)
+    ran = False
+    if not (home_dir() / distilled / "distill.json").exists():
+        samples, steps = (QUICK_DISTILL["samples"], QUICK_DISTILL["steps"]) if study.quick else (DISTILL_SAMPLES, DISTILL_STEPS)
+        _srdd(study, "distill", "--teacher", teacher, "--teacher-samples", str(samples), "--steps", str(steps),
+              f"run_name={distilled}", *TRAIN_DEFAULTS[:3])
+        ran = True
+    if not (home_dir() / control / "distill.json").exists():
+        budget = read_flops(home_dir() / distilled)["total"]
+        _srdd(study, "distill", "--teacher", teacher, "--data-only", "--flops", str(budget), f"run_name={control}",
+              *TRAIN_DEFAULTS[:3])
+        ran = True
+    return ran
+
+
+def stage_distill_study(study: Study, cfg: SRDDConfig) -> bool:
+    """distill.csv: teacher / distilled / data-only / re-indexed, FD over seeds, sampling FLOPs and latency."""
+    if (study.root / "distill.csv").exists():
         return False
-    teacher = study.run(study.sizes[-1], "srdd")
-    _srdd(study, "distill", "--teacher", teacher, f"run_name={study.distilled}", *TRAIN_DEFAULTS[:3],
-          f"train.max_steps={10 if study.quick else 80}")
+    teacher, distilled, control = distill_runs(study)
+    n = QUICK_DISTILL["study_n"] if study.quick else DISTILL_STUDY_N
+    _srdd(study, "distill-study", "--teacher", teacher, "--distilled", distilled, "--data-only", control,
+          "--n", str(n), "--seeds", str(STUDY_SEEDS), "--out", str(study.root))
+    return True
+
+
+def stage_edit_study(study: Study, cfg: SRDDConfig) -> bool:
+    """edits.csv: inpaint/outpaint/superres of held-out images by the largest VAR and SRDD runs, +-MR."""
+    if (study.root / "edits.csv").exists() or "var" not in study.masks:
+        return False
+    runs = ",".join(study.run(study.sizes[-1], m) for m in ("var", "srdd"))
+    n = QUICK_DISTILL["edit_n"] if study.quick else EDIT_STUDY_N
+    _srdd(study, "edit-study", "--runs", runs, "--n", str(n), "--seeds", str(STUDY_SEEDS), "--refine", "sr",
+          "--out", str(study.root))
     return True
 
 
@@ -203,7 +250,8 @@ def stage_samples(study: Study, cfg: SRDDConfig) -> bool:
     for run in runs:
         for refine in ("none", "sr"):
             if not list((home_dir() / run / "samples").glob(f"*{refine}*/grid.png")):
-                _srdd(study, "sample", "--ckpt", run, "--n", "20", f"sample.refine={refine}")
+                plain = ["sample.cfg=0"] if run == study.distilled else []  # its targets carry the teacher's guidance
+                _srdd(study, "sample", "--ckpt", run, "--n", "20", f"sample.refine={refine}", *plain)
     edit_run = study.run(study.sizes[-1], "srdd")
     if not (home_dir() / edit_run / "edits" / "inpaint").exists():
         _srdd(study, "edit", "--task", "inpaint", "--ckpt", edit_run, "--n", "8")
@@ -277,7 +325,9 @@ STAGES: list[tuple[str, str, Callable[[Study, SRDDConfig], bool]]] = [
     ("pyramids", "offline code-pyramid precompute", stage_pyramids),
     ("eval-net", "the dataset's feature network for FD/IS", stage_eval_net),
     ("train", "size family x {var, srdd} at one token budget", stage_train),
-    ("distill", "SRDD student on the shorter schedule", stage_distill),
+    ("distill", "SRDD student on the shorter schedule from the teacher's samples, and the data-only control", stage_distill),
+    ("distill-study", "teacher vs distilled vs data-only vs re-indexed: FD, FLOPs, latency", stage_distill_study),
+    ("edit-study", "zero-shot inpaint/outpaint/superres scored, VAR vs SRDD", stage_edit_study),
     ("samples", "samples with/without refinement, inpainting", stage_samples),
     ("eval", "FD / IS / precision-recall (+ FID-inception) per run", stage_eval),
     ("refine", "refinement vs the best one-pass sampler at equal sampling FLOPs", stage_refinement),

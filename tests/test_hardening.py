@@ -102,10 +102,16 @@ def test_demo_quick_end_to_end_offline_and_resumable(tmp_path):
     assert sorted(runs["run"]) == ["d1-srdd", "d1-var", "d2-srdd", "d2-var"]
     assert (runs["status"] == "completed").all() and runs["fd"].notna().all()
     assert json.loads((study / "fits" / "power_srdd.json").read_text())["n_points"] == 2
+    distill = pd.read_csv(study / "distill.csv")
+    assert list(distill["model"]) == ["teacher", "distilled", "data_only", "reindexed"]
+    assert (distill["n_seeds"] == 3).all() and distill["fd_ci_low"].notna().all()
+    edits = pd.read_csv(study / "edits.csv")
+    assert set(edits["model"]) == {"var", "srdd"} and set(edits["refine"]) == {"none", "mr"}
+    assert set(edits["mask"]) == {"centre", "random", "half", "x2", "x4"} and "Zero-shot reconstruction" in html
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    for stage in ("shards", "tokenizer", "eval-net", "train", "distill", "eval", "bench"):
+    for stage in ("shards", "tokenizer", "eval-net", "train", "distill", "distill-study", "edit-study", "eval", "bench"):
         assert f"[demo] {stage:<10} skipped (complete)" in again.stdout, stage
 
 

@@ -162,15 +162,39 @@ def test_refine_study_writes_the_refinement_table(run, eval_net, srdd_home):
     assert pd.read_csv(srdd_home / "study" / "refinement.csv").equals(table)
 
 
-def test_distill_cli_student_carries_the_teachers_architecture(run, pyramid_shards, srdd_home):
+def test_distill_cli_student_samples_on_its_own_schedule(run, pyramid_shards, srdd_home):
     """`srdd distill` given no model.* overrides (default size d2) on a d1 teacher: the student's
-    model.pt records d1 on the student schedule, so `srdd sample` can load it."""
+    model.pt records d1 on the student schedule with the plain sampler its targets were made for,
+    `srdd sample` loads it and the sampler runs exactly the student's scales; `--data-only --flops`
+    trains the control on data for the steps that budget buys."""
+    from pretrain.model.flops import train_flops_per_sample
+    from pretrain.sampling.load import load_for_sampling
+    from pretrain.sampling.sampler import sample
+
     data = [f"data.pyramids_dir={pyramid_shards}", "train.batch_size=8", "train.wandb=disabled"]
     assert srdd(["distill", "--teacher", str(run), "--patch-nums", "1,3,6,8", "--steps", "2", "--val-batches", "1",
-                 "run_name=student", *data]) == 0
+                 "--teacher-samples", "8", "run_name=student", *data]) == 0
     student_cfg = load_config(srdd_home / "student" / "config.yaml")
     assert student_cfg.model.size == "d1" and student_cfg.model.mask == "srdd"
+    assert list(student_cfg.tokenizer.patch_nums) == [1, 3, 6, 8] and student_cfg.sample.cfg == 0.0
+    report = json.loads((srdd_home / "student" / "distill.json").read_text())
+    assert report["mode"] == "distilled" and report["shared_prefix"] == 1 and report["teacher_samples"] == 8
+    ledger = report["flops"]
+    assert ledger["teacher_samples"] > 0 and ledger["student_train"] > 0 and ledger["teacher_train"] is None
+    assert ledger["total"] == ledger["teacher_samples"] + ledger["student_train"] + ledger["teacher_kl"]
     assert srdd(["sample", "--ckpt", "student", "--n", "2"]) == 0
     with np.load(srdd_home / "student" / "samples" / "seed0-none" / "samples.npz") as npz:
         assert npz["patch_nums"].tolist() == [1, 3, 6, 8]
         assert [npz[f"pyramid_s{k}"].shape for k in range(4)] == [(2, 1), (2, 9), (2, 36), (2, 64)]
+    model, vae, _, _ = load_for_sampling("student")
+    stats: dict = {}
+    sample(model, vae, torch.tensor([0, 1]), cfg=0.0, seed=0, stats=stats)
+    assert stats["passes"] == 4 and stats["rows"] == 2 * (1 + 9 + 36 + 64)
+    # the data-only control: from scratch, data targets, steps = ceil(budget / (batch x train FLOPs per sample))
+    assert srdd(["distill", "--teacher", str(run), "--patch-nums", "1,3,6,8", "--data-only", "--val-batches", "1",
+                 "--flops", str(ledger["total"]), "run_name=control", *data]) == 0
+    control = json.loads((srdd_home / "control" / "distill.json").read_text())
+    per_step = 8 * train_flops_per_sample(model)
+    assert control["mode"] == "data_only" and control["steps"] == -(-ledger["total"] // per_step)
+    assert control["flops"]["total"] == control["steps"] * per_step >= ledger["total"]
+    assert load_config(srdd_home / "control" / "config.yaml").sample.cfg == 1.5  # samples like the teacher

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from data_pipeline import pyramids_dir, shards_dir
-from data_pipeline.files import atomic_write_json, file_sha256, read_tar, write_tar
+from data_pipeline.files import Sample, atomic_write_json, file_sha256, read_tar, write_tar
 from data_pipeline.image_shards.decode import BadInput, decode_image, preprocess, to_pm1
 from data_pipeline.image_shards.sources import expand_pattern, sample_image, sample_label
 from data_pipeline.image_shards.write import Tally
@@ -149,30 +149,40 @@ def precompute_shard(in_path: Path, out: Path, ident: dict[str, Any], vae: Any, 
                 tally.converted.update([mode] if mode != "RGB" else [])
                 samples.append((key, pack(label, tokens_FL, {"crop": list(crop), "source": meta})))
         bar.update(len(chunk))
-    out_path = out / in_path.name
+    return write_shard(out, in_path.name, samples, {**ident, "input": in_path.name,
+                                                    "input_sha256": file_sha256(in_path), **tally.manifest_fields()})
+
+
+def write_shard(out: Path, name: str, samples: list[tuple[str, Sample]], fields: dict[str, Any]) -> dict[str, Any]:
+    """Write the shard ``out/name`` (atomically), then its manifest: ``fields`` (the identity first)
+    plus output name, sha256 and count. The manifest last, so its presence means a complete shard."""
+    out_path = out / name
     write_tar(out_path, samples)
-    manifest = {**ident, "input": in_path.name, "input_sha256": file_sha256(in_path), "output": out_path.name,
-                "output_sha256": file_sha256(out_path), "count": len(samples), **tally.manifest_fields()}
-    atomic_write_json(shard_manifest_path(out, in_path), manifest)
+    manifest = {**fields, "output": name, "output_sha256": file_sha256(out_path), "count": len(samples)}
+    atomic_write_json(shard_manifest_path(out, name), manifest)
     return manifest
 
 
-def shard_manifest_path(out: Path, in_path: Path) -> Path:
-    return out / (in_path.name[: -len(".tar")] + ".json")
+def shard_manifest_path(out: Path, name: str) -> Path:
+    return out / (name[: -len(".tar")] + ".json")
 
 
-def up_to_date(out: Path, in_path: Path, ident: dict[str, Any]) -> dict[str, Any] | None:
-    """The shard's manifest if its output is complete for this input and identity, else None."""
-    path = shard_manifest_path(out, in_path)
+def shard_complete(out: Path, name: str, ident: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest of shard ``out/name`` if it was written with this identity and its bytes are intact."""
+    path = shard_manifest_path(out, name)
     if not path.is_file():
         return None
     m = json.loads(path.read_text())
     out_path = out / m.get("output", "")
     if any(m.get(k) != v for k, v in ident.items()) or not out_path.is_file():
         return None
-    if m.get("input_sha256") != file_sha256(in_path) or m.get("output_sha256") != file_sha256(out_path):
-        return None
-    return m
+    return m if m.get("output_sha256") == file_sha256(out_path) else None
+
+
+def up_to_date(out: Path, in_path: Path, ident: dict[str, Any]) -> dict[str, Any] | None:
+    """The shard's manifest if its output is complete for this input and identity, else None."""
+    m = shard_complete(out, in_path.name, ident)
+    return m if m is not None and m.get("input_sha256") == file_sha256(in_path) else None
 
 
 # ---- a slice of shards (one SLURM array task, one submitit job, or everything) ---------------
@@ -211,7 +221,7 @@ def run_slice(cfg: SRDDConfig, pattern: str, tokenizer_path: str, out: str, task
     finally:
         if pool is not None:
             pool.terminate()
-    total = finalize(out_dir, shards, ident)
+    total = finalize(out_dir, [p.name for p in shards], ident, _source_classes(shards[0].parent))
     stats = {"task_index": task_index, "task_count": task_count, "shards": len(mine), "written": len(todo),
              "up_to_date": len(mine) - len(todo), "samples_written": sum(m["count"] for m in manifests),
              "skipped_written": sum(len(m["skipped"]) for m in manifests), "time_s": time.time() - t0,
@@ -221,12 +231,13 @@ def run_slice(cfg: SRDDConfig, pattern: str, tokenizer_path: str, out: str, task
     return stats
 
 
-def finalize(out: Path, shards: Sequence[Path], ident: dict[str, Any]) -> dict[str, Any] | None:
-    """Write manifest.json once every input shard has a matching manifest; else None.
-    Deterministic content, so concurrent array tasks that both finish last write the same bytes."""
+def finalize(out: Path, names: Sequence[str], ident: dict[str, Any], classes: dict[str, Any]) -> dict[str, Any] | None:
+    """Write manifest.json (``classes``: the dataset's class names and count) once every shard in
+    ``names`` has a matching manifest; else None. Deterministic content, so concurrent array tasks
+    that both finish last write the same bytes."""
     manifests = []
-    for p in shards:
-        path = shard_manifest_path(out, p)
+    for name in names:
+        path = shard_manifest_path(out, name)
         m = json.loads(path.read_text()) if path.is_file() else None
         if m is None or any(m.get(k) != v for k, v in ident.items()):
             return None
@@ -240,7 +251,6 @@ def finalize(out: Path, shards: Sequence[Path], ident: dict[str, Any]) -> dict[s
     for m in manifests:
         tally.skipped += m["skipped"]
         tally.converted.update(m["converted"])
-    classes = _source_classes(shards[0].parent)
     total = {**ident, **classes, "count": sum(m["count"] for m in manifests), "splits": splits,
              "shards": [{k: m[k] for k in ("output", "output_sha256", "count", "input", "input_sha256")} for m in manifests],
              **tally.manifest_fields()}

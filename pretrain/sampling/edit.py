@@ -7,7 +7,12 @@ conditioned on them. A pixel mask maps to scale k's pn x pn grid by cells: a tok
 only when its whole cell lies inside the known region (an adaptive max-pool of the unknown
 mask), so a coarse token that straddles the edit region is always generated.
 
-- inpaint: the box ``sample.edit_box`` is regenerated, the rest is known.
+What is tokenised is only what is known (docs/sampling.md, "The leak the first version had"):
+the hidden pixels are replaced by the mean of the image's known pixels (per channel) before
+encoding, so no token - through the encoder's receptive field or a coarse scale's pooling -
+carries information about the hidden region; the edit reconstructs it, never copies it.
+
+- inpaint: the box ``sample.edit_box`` (or any per-image known mask) is regenerated, the rest is known.
 - outpaint: only the box is known; everything outside it is generated.
 - superres: the low-resolution image (side / ``sample.superres_factor``) is upsampled and
   tokenised; the coarse scales it can determine (pn <= final side / factor) are fixed
@@ -61,33 +66,57 @@ class KnownTokens:
         return torch.where(self.mask[k][rows_B].to(idx_Bl.device), self.idx[k][rows_B].to(idx_Bl.device), idx_Bl)
 
 
+def known_pixels(task: str, side: int, B: int, box: Sequence[float]) -> torch.Tensor:
+    """(B, 1, side, side) True where ``task`` keeps the image: outside the box (inpaint) or inside it (outpaint)."""
+    if task not in ("inpaint", "outpaint"):
+        raise ValueError(f"task={task!r}: known pixels are a box's inside or outside (inpaint | outpaint)")
+    inside = box_mask(side, box, B)
+    return ~inside if task == "inpaint" else inside
+
+
+def neutral_fill(img_B3HW: torch.Tensor, known_B1HW: torch.Tensor) -> torch.Tensor:
+    """The image with every hidden pixel set to the mean of its known pixels (per image and channel):
+    a value that says nothing about the hidden region (mid-grey when nothing is known)."""
+    w = known_B1HW.to(img_B3HW.dtype)
+    mean_B311 = (img_B3HW * w).sum((2, 3), keepdim=True) / w.sum((2, 3), keepdim=True).clamp_min(1)
+    return torch.where(known_B1HW, img_B3HW, mean_B311)
+
+
+def superres_source(img_B3HW: torch.Tensor, factor: int) -> torch.Tensor:
+    """What super-resolution knows: the image at side / factor (area), bicubically upsampled back."""
+    H = img_B3HW.shape[-1]
+    low = F.interpolate(img_B3HW, scale_factor=1 / factor, mode="area")
+    return F.interpolate(low, size=(H, H), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
 def known_tokens(vae: Any, img_B3HW: torch.Tensor, task: str, patch_nums: Sequence[int],
-                 box: Sequence[float] = (0.25, 0.25, 0.75, 0.75), factor: int = 2) -> KnownTokens:
-    """Tokenise what is known of ``img_B3HW`` for ``task`` and the per-scale masks."""
+                 box: Sequence[float] = (0.25, 0.25, 0.75, 0.75), factor: int = 2,
+                 known_B1HW: torch.Tensor | None = None) -> KnownTokens:
+    """Tokenise what is known of ``img_B3HW`` for ``task`` and the per-scale masks. ``known_B1HW``
+    (inpaint/outpaint) replaces the box: any per-image mask of known pixels."""
     B, _, H, _ = img_B3HW.shape
     if task == "superres":
-        low = F.interpolate(img_B3HW, scale_factor=1 / factor, mode="area")
-        source = F.interpolate(low, size=(H, H), mode="bicubic", align_corners=False).clamp(-1, 1)
-        idx = vae.encode_pyramid(source, patch_nums)
+        idx = vae.encode_pyramid(superres_source(img_B3HW, factor), patch_nums)
         limit = patch_nums[-1] // factor
         mask = [torch.full((B, pn * pn), pn <= limit) for pn in patch_nums]
         return KnownTokens(idx, mask)
     if task not in ("inpaint", "outpaint"):
         raise ValueError(f"task={task!r}: choose one of {TASKS}")
-    inside = box_mask(H, box, B)
-    known = ~inside if task == "inpaint" else inside
-    idx = vae.encode_pyramid(img_B3HW, patch_nums)
+    known = known_pixels(task, H, B, box) if known_B1HW is None else known_B1HW.bool()
+    idx = vae.encode_pyramid(neutral_fill(img_B3HW, known), patch_nums)
     return KnownTokens(idx, [mask_to_grid(known, pn) for pn in patch_nums])
 
 
 def edit(model: Any, vae: Any, img_B3HW: torch.Tensor, label_B: torch.Tensor, task: str,
-         sample_cfg: Any, refinement: Any = None) -> tuple[torch.Tensor, list[torch.Tensor], KnownTokens]:
+         sample_cfg: Any, refinement: Any = None, known_B1HW: torch.Tensor | None = None
+         ) -> tuple[torch.Tensor, list[torch.Tensor], KnownTokens]:
     """Run one zero-shot edit with ``refinement`` (a ``build_refiner`` result, or None); returns
-    (edited images, their token pyramid, the clamped tokens)."""
+    (edited images, their token pyramid, the clamped tokens). ``known_B1HW``: per-image known
+    pixels for inpaint/outpaint instead of ``sample.edit_box``."""
     from pretrain.sampling.sampler import sample
 
     patch_nums = tuple(sample_cfg.schedule) or tuple(model.patch_nums)
-    known = known_tokens(vae, img_B3HW, task, patch_nums, sample_cfg.edit_box, sample_cfg.superres_factor)
+    known = known_tokens(vae, img_B3HW, task, patch_nums, sample_cfg.edit_box, sample_cfg.superres_factor, known_B1HW)
     stats: dict[str, Any] = {}
     img, pyramid = sample(model, vae, label_B, cfg=sample_cfg.cfg, top_k=sample_cfg.top_k, top_p=sample_cfg.top_p,
                           seed=sample_cfg.seed, schedule=list(patch_nums),

@@ -119,10 +119,13 @@ class ResidualQuantizer(nn.Module):
 
     # ---- whole pyramid ----------------------------------------------------------
     def quantize(self, f_BChw: torch.Tensor, patch_nums: Sequence[int], with_fhat: bool = True,
-                 upto: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+                 upto: int | None = None, prefix: Sequence[torch.Tensor] = ()
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Alg. 1 without gradients to f, over the first ``upto`` scales (all by default). Returns
         (idx per scale (B, pn*pn), f_hat after each scale (empty unless ``with_fhat``), the
-        residual each scale quantised (N, Cvae))."""
+        residual each scale quantised (N, Cvae)). ``prefix``: codes of the first scales, taken as
+        given instead of the nearest ones; the later scales quantise the residual they leave (scale
+        distillation keeps a teacher's codes)."""
         B, C, H, W = f_BChw.shape
         K = len(patch_nums)
         last = K if upto is None else upto
@@ -134,7 +137,7 @@ class ResidualQuantizer(nn.Module):
         for k, pn in enumerate(patch_nums[:last]):
             rest = F.interpolate(f_rest, size=(pn, pn), mode="area") if k != K - 1 else f_rest
             rest_NC = rest.permute(0, 2, 3, 1).reshape(-1, C)
-            idx_N = self.nearest_code(rest_NC)
+            idx_N = prefix[k].reshape(-1) if k < len(prefix) else self.nearest_code(rest_NC)
             idx_list.append(idx_N.view(B, pn * pn))
             rests.append(rest_NC)
             if k == last - 1 and not with_fhat:
