@@ -84,6 +84,7 @@ def test_missing_run_is_a_config_error(capsys, srdd_home):
 
 def test_edit_inpaint_writes_outputs_and_keeps_known_tokens(run, tiny_tokenizer_ckpt, mnist_shards):
     from data_pipeline.image_shards.loader import image_loader
+    from pretrain.sampling.edit import known_pixels, neutral_fill
 
     overrides = [f"data.shards_dir={mnist_shards}", "sample.refine=sr"]
     assert srdd(["edit", "--task", "inpaint", "--ckpt", str(run), "--n", "3", *overrides]) == 0
@@ -94,7 +95,8 @@ def test_edit_inpaint_writes_outputs_and_keeps_known_tokens(run, tiny_tokenizer_
         assert npz["images"].shape == npz["source"].shape == (3, 32, 32, 3)
         assert npz["labels"].tolist() == label.tolist()
         assert np.array_equal(npz["source"], to_uint8(source))  # the first val images of the shards
-        truth = vae.encode_pyramid(source)
+        # what is known, tokenised: the box filled with the mean of the known pixels (no leak, docs/sampling.md)
+        truth = vae.encode_pyramid(neutral_fill(source, known_pixels("inpaint", 32, 3, load_config().sample.edit_box)))
         known = 0
         for k, ref in enumerate(truth):
             mask, idx = npz[f"known_mask_s{k}"], npz[f"pyramid_s{k}"]
