@@ -11,7 +11,8 @@ from analysis.report import inject_parameters, percent_to_notebook
 from tests.fixtures.runs_small.make import make_runs_dir
 
 SECTIONS = ("Training curves", "Per-scale losses", "Scaling fits", "SRDD vs VAR at equal compute", "Sampling cost",
-            "Refinement at equal sampling FLOPs", "Sample grids", "Evaluation metrics", "Ablation")
+            "Refinement at equal sampling FLOPs", "Scale distillation", "Zero-shot reconstruction", "Sample grids",
+            "Evaluation metrics", "Ablation")
 
 
 def test_percent_source_round_trip():
@@ -38,6 +39,7 @@ def test_report_executes_on_the_fixture_and_embeds_its_figures(tmp_path):
     # 4 plots (curves, per-scale, fits, equal compute) + FD plot + refinement plot + 8 sample grids + 1 ablation grid.
     assert len(re.findall(r'src="data:image/png;base64,', html)) == 15
     assert "not available" not in html
+    assert "goal: all of the above" in html and "better zero-shot reconstruction than VAR" in html
     assert "kv_ratio_vs_var" in html and "FD-mnist-cnn" in html and "next size" in html and "d6 (N~" in html
     assert "the default stays" in html and "200 images x 3 seeds" in html and "srdd refine-study --run d4-srdd" in html
     assert (tmp_path / "out/report.ipynb").is_file() and (tmp_path / "out/config.yaml").is_file()
@@ -49,5 +51,5 @@ def test_report_degrades_gracefully_on_an_empty_directory(tmp_path):
     r = _report(tmp_path / "empty", tmp_path / "report.html", tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     html = (tmp_path / "report.html").read_text()
-    assert html.count("not available") == 9
+    assert html.count("not available") == 11
     assert "bench/sampling.json is missing" in html
