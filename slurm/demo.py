@@ -105,8 +105,13 @@ class Study:
         return [self.run(s, m) for s in self.sizes for m in self.masks]
 
     @property
+    def study_size(self) -> str:
+        """The size whose SRDD run is distilled and whose VAR/SRDD pair is edit-scored (DISTILL_SIZE when trained)."""
+        return DISTILL_SIZE if DISTILL_SIZE in self.sizes else self.sizes[-1]
+
+    @property
     def distilled(self) -> str:
-        return f"{self.name}/{self.sizes[-1]}-srdd-distilled"
+        return f"{self.name}/{self.study_size}-srdd-distilled"
 
 
 def _srdd(study: Study, stage: str, *args: str) -> None:
@@ -188,19 +193,22 @@ def stage_train(study: Study, cfg: SRDDConfig) -> bool:
     return bool(todo)
 
 
-# Scale distillation and zero-shot reconstruction (issue 17). Budget on 2 cores (~4 minutes
-# together for the next three stages, measured: docs/sampling.md, "In the demo"): the teacher
-# samples DISTILL_SAMPLES images once, the student trains DISTILL_STEPS steps on them, the
-# data-only control trains for the same total FLOPs (the teacher's training + all of the above),
-# the scoring samples DISTILL_STUDY_N images per model and seed, the edit study edits
-# EDIT_STUDY_N held-out images per run, mask, refinement and seed.
-DISTILL_SAMPLES, DISTILL_STEPS, DISTILL_STUDY_N, EDIT_STUDY_N, STUDY_SEEDS = 1024, 80, 200, 48, 3
+# Scale distillation and zero-shot reconstruction (issue 17), on the DISTILL_SIZE runs: the
+# data-only control trains at the teacher's training compute plus the whole distillation's, so
+# these stages cost at least one more training of their teacher; at d2 (d4 costs ~1.75x per step
+# and ~3.3x per sample on 2 cores) the three stages take ~4 minutes (measured CPU time,
+# docs/sampling.md, "In the demo"): the teacher samples DISTILL_SAMPLES images once, the student
+# trains DISTILL_STEPS steps on them, the control trains for the same total FLOPs, the scoring
+# samples DISTILL_STUDY_N images per model and seed and the edit study edits EDIT_STUDY_N held-out
+# images per run, mask, refinement and seed.
+DISTILL_SIZE = "d2"
+DISTILL_SAMPLES, DISTILL_STEPS, DISTILL_STUDY_N, EDIT_STUDY_N, STUDY_SEEDS = 512, 60, 100, 24, 3
 QUICK_DISTILL = {"samples": 64, "steps": 10, "study_n": 20, "edit_n": 8}
 
 
 def distill_runs(study: Study) -> tuple[str, str, str]:
-    """(teacher, distilled student, data-only control): the largest SRDD run and its two students."""
-    return study.run(study.sizes[-1], "srdd"), study.distilled, f"{study.name}/{study.sizes[-1]}-srdd-data-only"
+    """(teacher, distilled student, data-only control): the study size's SRDD run and its two students."""
+    return study.run(study.study_size, "srdd"), study.distilled, f"{study.name}/{study.study_size}-srdd-data-only"
 
 
 def stage_distill(study: Study, cfg: SRDDConfig) -> bool:
@@ -234,10 +242,10 @@ def stage_distill_study(study: Study, cfg: SRDDConfig) -> bool:
 
 
 def stage_edit_study(study: Study, cfg: SRDDConfig) -> bool:
-    """edits.csv: inpaint/outpaint/superres of held-out images by the largest VAR and SRDD runs, +-MR."""
+    """edits.csv: inpaint/outpaint/superres of held-out images by the study size's VAR and SRDD runs, +-MR."""
     if (study.root / "edits.csv").exists() or "var" not in study.masks:
         return False
-    runs = ",".join(study.run(study.sizes[-1], m) for m in ("var", "srdd"))
+    runs = ",".join(study.run(study.study_size, m) for m in ("var", "srdd"))
     n = QUICK_DISTILL["edit_n"] if study.quick else EDIT_STUDY_N
     _srdd(study, "edit-study", "--runs", runs, "--n", str(n), "--seeds", str(STUDY_SEEDS), "--refine", "sr",
           "--out", str(study.root))
