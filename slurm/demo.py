@@ -242,7 +242,7 @@ def stage_distill_study(study: Study, cfg: SRDDConfig) -> bool:
 
 
 def stage_edit_study(study: Study, cfg: SRDDConfig) -> bool:
-    """edits.csv: inpaint/outpaint/superres of held-out images by the study size's VAR and SRDD runs, +-MR."""
+    """edits.csv: inpaint/outpaint/superres of held-out images by the study size's VAR and SRDD runs, +-restart (sample.refine=sr)."""
     if (study.root / "edits.csv").exists() or "var" not in study.masks:
         return False
     runs = ",".join(study.run(study.study_size, m) for m in ("var", "srdd"))
