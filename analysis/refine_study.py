@@ -7,7 +7,8 @@ settings of the command line (docs/sampling.md, "Refinement study"):
 - ``onepass``: the best one-pass sampler of a grid (temperature, top-k, top-p, and the one-pass
   equivalent of the old Masked Resampling, ``sample.refine=onepass``), plus ``none`` itself, chosen by
   FD on a separate tuning seed with the same number of images, then measured like every other point;
-- ``restart`` (``sample.refine=sr``) with R = each of ``--rounds``;
+- ``restart`` (``sample.refine=sr``) with R = each of ``--rounds`` on every scale, and R = 1 on each
+  scale range of ``--restart-scales`` (fixed schedules of lower cost, the policy's comparison);
 - ``selfcorrect`` (``sample.refine=mr``) with each R, for models trained with ``train.refine_objective``;
 - ``policy`` (``sample.refine=policy``) when ``<run>/policy/policy.pt`` exists (`srdd policy-train`).
 
@@ -15,7 +16,9 @@ Every point: ``--images`` images (classes balanced) for each of ``--seeds`` (see
 ``sample.seed = s * 10^6``, so no two seeds share a draw), features of the evaluation network
 (``eval.*``), FD against the run's val split per seed, averaged over seeds; the 95% interval is a
 bootstrap over each seed's images (``--bootstrap`` replicates), centred on the estimate
-(analysis/metrics/frechet.py, ``centred_interval``). ``sampling_flops`` = forward FLOPs per image of
+(analysis/metrics/frechet.py, ``centred_interval``). Image i of a seed has the same label and draw
+seeds under every method (the sampler seeds each scale's draws by (seed, scale, visit)), so every
+point's replicates resample the same image indices: differences between methods are paired. ``sampling_flops`` = forward FLOPs per image of
 every scale pass the sampler ran (guided batch, refinement and restart prefixes included; the
 tokenizer's decode and re-quantisation are not counted).
 
@@ -63,7 +66,7 @@ class Point:
     model: str
     method: str
     rounds: int
-    setting: str  # the sample.* overrides, comma-separated ("" = the command line's sampler)
+    setting: str  # the sample.* overrides, space-separated ("" = the command line's sampler)
     fd: float = float("nan")
     ci: tuple[float, float] = (float("nan"), float("nan"))
     flops: float = float("nan")
@@ -87,7 +90,7 @@ class Measure:
 
     def sample_config(self, setting: str, seed: int) -> Any:
         if setting not in self.settings:
-            self.settings[setting] = self.configure([o for o in setting.split(",") if o]).sample
+            self.settings[setting] = self.configure(setting.split()).sample
         return dataclasses.replace(self.settings[setting], seed=seed * SEED_STRIDE)
 
     def __call__(self, setting: str, seed: int) -> tuple[np.ndarray, float]:
@@ -112,19 +115,20 @@ class Measure:
         return feats, flops
 
 
-def measure_point(point: Point, measure: Measure, fd: Any, seeds: Sequence[int], n_boot: int, rng: np.random.Generator) -> Point:
+def measure_point(point: Point, measure: Measure, fd: Any, seeds: Sequence[int], n_boot: int, boot_seed: int) -> Point:
     from analysis.metrics.frechet import bootstrap_fd, centred_interval
 
     feats, flops = zip(*(measure(point.setting, s) for s in seeds))
     point.per_seed = [fd(f) for f in feats]
-    point.fd, point.reps = bootstrap_fd(fd, list(feats), n_boot, rng)
+    # the same generator for every point: the same resampled image indices, paired across methods
+    point.fd, point.reps = bootstrap_fd(fd, list(feats), n_boot, np.random.default_rng(boot_seed))
     point.ci = centred_interval(point.fd, point.reps)
     point.flops = float(np.mean(flops))
     return point
 
 
 def setting_of(*overrides: str) -> str:
-    return ",".join(overrides)
+    return " ".join(overrides)
 
 
 def tune_onepass(measure: Measure, fd: Any, tune_seed: int, grid: Sequence[str]) -> tuple[str, list[dict[str, Any]]]:
@@ -138,7 +142,8 @@ def tune_onepass(measure: Measure, fd: Any, tune_seed: int, grid: Sequence[str])
 
 
 def verdicts(points: list[Point], model: str) -> list[dict[str, Any]]:
-    """Each refinement against the better of none and the tuned one-pass sampler (module docstring)."""
+    """Each refinement against the better of none and the tuned one-pass sampler (module docstring);
+    the difference's interval comes from the paired replicates."""
     from analysis.metrics.frechet import centred_interval
 
     mine = [p for p in points if p.model == model]
@@ -196,13 +201,16 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def rounds_of(setting: str) -> int:
     """R of a setting's refinement (0 for plain truncation)."""
-    values = dict(o.split("=", 1) for o in setting.split(",") if o)
+    values = dict(o.split("=", 1) for o in setting.split())
     return int(values.get("sample.refine_rounds", 0)) if "sample.refine" in values else 0
 
 
-def study_points(model: Any, name: str, rounds: Sequence[int], onepass: str, policy: Path) -> list[Point]:
+def study_points(model: Any, name: str, rounds: Sequence[int], onepass: str, policy: Path,
+                 restart_scales: Sequence[tuple[int, int]] = ()) -> list[Point]:
     points = [Point(name, "none", 0, ""), Point(name, "onepass", rounds_of(onepass), onepass)]
     points += [Point(name, "restart", r, setting_of("sample.refine=sr", f"sample.refine_rounds={r}")) for r in rounds]
+    points += [Point(name, "restart", 1, setting_of("sample.refine=sr", "sample.refine_rounds=1",
+                                                    f"sample.refine_scales=[{a},{b}]")) for a, b in restart_scales]
     if getattr(model, "refine_inputs", False):
         points += [Point(name, "selfcorrect", r, setting_of("sample.refine=mr", f"sample.refine_rounds={r}")) for r in rounds]
     if policy.is_file():
@@ -218,6 +226,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default="0,1,2", help="sampling seeds (>= 3 for the report's intervals)")
     parser.add_argument("--tune-seed", type=int, default=99, help="seed of the one-pass tuning (not among --seeds)")
     parser.add_argument("--rounds", default="1,2,4", help="R of restart and self-correction")
+    parser.add_argument("--restart-scales", default="", help="extra R = 1 restart points on scale ranges, e.g. 5-5,4-5")
     parser.add_argument("--onepass-grid", default=";".join(ONEPASS_GRID),
                         help="';'-separated one-pass settings (each a ','-separated sample.* override set); empty = none only")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates per point")
@@ -231,7 +240,11 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     rounds = [int(r) for r in args.rounds.split(",") if r.strip()]
-    grid = [g for g in args.onepass_grid.split(";") if g.strip()]
+    grid = [setting_of(*(o for o in g.split(",") if o.strip())) for g in args.onepass_grid.split(";") if g.strip()]
+    try:
+        ranges = [tuple(int(v) for v in r.split("-")) for r in args.restart_scales.split(",") if r.strip()]
+    except ValueError:
+        raise ConfigError(f"--restart-scales {args.restart_scales!r}: expected first-last ranges, e.g. 5-5,4-5") from None
     if args.tune_seed in seeds:
         raise ConfigError(f"--tune-seed {args.tune_seed} is one of --seeds {seeds}: tune on draws you do not report")
     if len(seeds) < 1 or args.images < 2 or any(r < 1 for r in rounds):
@@ -240,7 +253,6 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     overrides = list(getattr(args, "overrides", []))
     configure = lambda extra: load_config(getattr(args, "config", None), [*overrides, *extra])  # noqa: E731
     out = Path(args.out)
-    rng = np.random.default_rng(cfg.fit.seed)
     points: list[Point] = []
     tuning: dict[str, Any] = {}
     metric = ""
@@ -251,8 +263,8 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
         fd = FrechetToReference(val_reference(run_cfg, net, cfg.eval.batch_size).stats)
         measure = Measure(model, vae, run.name, configure, args.images, net, out / "refinement_cache")
         best, tuning[run.name] = tune_onepass(measure, fd, args.tune_seed, grid)
-        for point in study_points(model, run.name, rounds, best, run / "policy" / "policy.pt"):
-            points.append(measure_point(point, measure, fd, seeds, args.bootstrap, rng))
+        for point in study_points(model, run.name, rounds, best, run / "policy" / "policy.pt", ranges):
+            points.append(measure_point(point, measure, fd, seeds, args.bootstrap, cfg.fit.seed))
             log.info("%s %s R=%d: FD %.3f [%.3f, %.3f] at %.3g FLOPs/image", point.model, point.method, point.rounds,
                      point.fd, *point.ci, point.flops)
     rows = [p.row(args.images, len(seeds), metric) for p in points]

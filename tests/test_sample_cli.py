@@ -142,24 +142,25 @@ def test_refine_study_writes_the_refinement_table(run, eval_net, srdd_home):
     import pandas as pd
 
     args = ["refine-study", "--run", str(run), "--out", str(srdd_home / "study"), "--images", "12", "--seeds", "0,1,2",
-            "--rounds", "1,2", "--onepass-grid", "sample.temperature=0.9", "--bootstrap", "20",
+            "--rounds", "1,2", "--restart-scales", "5-5", "--onepass-grid", "sample.temperature=0.9", "--bootstrap", "20",
             "sample.batch_size=6", *eval_net]
     assert srdd(args) == 0
     table = pd.read_csv(srdd_home / "study" / "refinement.csv")
     assert list(table.columns[:9]) == ["model", "method", "rounds", "sampling_flops", "fd", "fd_ci_low", "fd_ci_high",
                                        "n_images", "n_seeds"]
-    assert table["method"].tolist() == ["none", "onepass", "restart", "restart"]  # no objective, no policy: not run
+    assert table["method"].tolist() == ["none", "onepass", "restart", "restart", "restart"]  # no objective, no policy
     assert (table["n_images"] == 12).all() and (table["n_seeds"] == 3).all() and (table["model"] == "tiny").all()
     assert ((table["fd_ci_low"] <= table["fd"]) & (table["fd"] <= table["fd_ci_high"])).all()
-    restart = table[table["method"] == "restart"].set_index("rounds")["sampling_flops"]
+    restart = table[table["method"] == "restart"]["sampling_flops"].tolist()  # R = 1, R = 2, R = 1 on the last scale
     none = float(table.loc[table["method"] == "none", "sampling_flops"].iloc[0])
-    assert restart[2] - none == pytest.approx(2 * (restart[1] - none))  # SRDD: each round costs one more pass per scale
+    assert restart[1] - none == pytest.approx(2 * (restart[0] - none))  # SRDD: each round costs one more pass per scale
+    assert 0 < restart[2] - none < restart[0] - none
     summary = json.loads((srdd_home / "study" / "refinement.json").read_text())
     assert {v["method"] for v in summary["verdicts"]} == {"restart"}
     assert all(v["outcome"] in ("beats", "worse", "inconclusive") for v in summary["verdicts"])
     assert (srdd_home / "study" / "refinement.png").is_file()
     cached = sorted((srdd_home / "study" / "refinement_cache" / "tiny").glob("*.npz"))
-    assert len(cached) == 2 + 3 * 3  # tuning seed: default and the grid; 3 seeds x (none, restart x 2), onepass reused
+    assert len(cached) == 2 + 3 * table["setting"].nunique()  # tuning seed: default + grid; 3 seeds x each setting
     assert srdd(args) == 0 and sorted((srdd_home / "study" / "refinement_cache" / "tiny").glob("*.npz")) == cached
     assert pd.read_csv(srdd_home / "study" / "refinement.csv").equals(table)
 
