@@ -37,7 +37,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -270,7 +269,11 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     rows = [p.row(args.images, len(seeds), metric) for p in points]
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "refinement.csv")
-    summary = {"command": "srdd " + " ".join(sys.argv[1:]),
+    command = ["srdd refine-study", *(f"--run {r}" for r in args.run), f"--out {args.out}", f"--images {args.images}",
+               f"--seeds {args.seeds}", f"--tune-seed {args.tune_seed}", f"--rounds {args.rounds}",
+               *([f"--restart-scales {args.restart_scales}"] if args.restart_scales else []),
+               f"--onepass-grid '{args.onepass_grid}'", f"--bootstrap {args.bootstrap}", *overrides]
+    summary = {"command": " ".join(command),
                "seeds": seeds, "tune_seed": args.tune_seed, "n_images": args.images, "bootstrap": args.bootstrap,
                "fd_metric": metric, "tuning": tuning,
                "points": [{**r, "fd_per_seed": p.per_seed} for r, p in zip(rows, points)],

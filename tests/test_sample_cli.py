@@ -157,6 +157,7 @@ def test_refine_study_writes_the_refinement_table(run, eval_net, srdd_home):
     assert 0 < restart[2] - none < restart[0] - none
     summary = json.loads((srdd_home / "study" / "refinement.json").read_text())
     assert {v["method"] for v in summary["verdicts"]} == {"restart"}
+    assert summary["command"].startswith(f"srdd refine-study --run {run} --out") and "--restart-scales 5-5" in summary["command"]
     assert all(v["outcome"] in ("beats", "worse", "inconclusive") for v in summary["verdicts"])
     assert (srdd_home / "study" / "refinement.png").is_file()
     cached = sorted((srdd_home / "study" / "refinement_cache" / "tiny").glob("*.npz"))
