@@ -14,17 +14,20 @@ settings of the command line (docs/sampling.md, "Refinement study"):
 
 Every point: ``--images`` images (classes balanced) for each of ``--seeds`` (seed s samples with
 ``sample.seed = s * 10^6``, so no two seeds share a draw), features of the evaluation network
-(``eval.*``), FD against the run's val split per seed, averaged over seeds; the 95% interval is a
-bootstrap over each seed's images (``--bootstrap`` replicates), centred on the estimate
-(analysis/metrics/frechet.py, ``centred_interval``). Image i of a seed has the same label and draw
-seeds under every method (the sampler seeds each scale's draws by (seed, scale, visit)), so every
-point's replicates resample the same image indices: differences between methods are paired. ``sampling_flops`` = forward FLOPs per image of
-every scale pass the sampler ran (guided batch, refinement and restart prefixes included; the
-tokenizer's decode and re-quantisation are not counted).
+(``eval.*``), FD against the run's val split per seed; ``fd`` is the mean over seeds with its 95%
+Student-t interval over seeds (analysis/intervals.py, the platform's convention): each seed is one
+independent repetition of the whole measurement. Image i of a seed has the same label and draw seeds
+under every method (the sampler seeds each scale's draws by (seed, scale, visit)), so methods are
+compared seed by seed (paired). Resampling images instead (a bootstrap over each seed's images) is
+not used: measured on the d2 SRDD run (docs/sampling.md), resamples with replacement of n = 300
+images in the 128-d feature space raise FD by ~0.65 and spread it 5-9x wider than independent seeds
+do, so its intervals say nothing about the real uncertainty. ``sampling_flops`` = forward FLOPs per
+image of every scale pass the sampler ran (guided batch, refinement and restart prefixes included;
+the tokenizer's decode and re-quantisation are not counted).
 
-Verdict per model: a refinement *beats* the best one-pass sampler when the 95% bootstrap interval of
-FD(refinement) - FD(best of none and onepass) lies below 0; otherwise it does not (or it is
-inconclusive when the interval holds 0).
+Verdict per model: a refinement *beats* the best one-pass sampler when the 95% interval of the
+per-seed FD(best of none and onepass) - FD(refinement) lies above 0, is *worse* when it lies below,
+and is *inconclusive* otherwise.
 
 Outputs in ``--out``: ``refinement.csv`` (columns ``COLUMNS``), ``refinement.json`` (per-seed FDs,
 the tuning table, the verdicts, the command), ``refinement.png`` (FD vs FLOPs with intervals), and a
@@ -70,7 +73,6 @@ class Point:
     ci: tuple[float, float] = (float("nan"), float("nan"))
     flops: float = float("nan")
     per_seed: list[float] = field(default_factory=list)
-    reps: np.ndarray | None = None
 
     def row(self, n_images: int, n_seeds: int, metric: str) -> dict[str, Any]:
         return {"model": self.model, "method": self.method, "rounds": self.rounds, "sampling_flops": self.flops,
@@ -114,14 +116,12 @@ class Measure:
         return feats, flops
 
 
-def measure_point(point: Point, measure: Measure, fd: Any, seeds: Sequence[int], n_boot: int, boot_seed: int) -> Point:
-    from analysis.metrics.frechet import bootstrap_fd, centred_interval
+def measure_point(point: Point, measure: Measure, fd: Any, seeds: Sequence[int]) -> Point:
+    from analysis.intervals import mean_ci
 
     feats, flops = zip(*(measure(point.setting, s) for s in seeds))
     point.per_seed = [fd(f) for f in feats]
-    # the same generator for every point: the same resampled image indices, paired across methods
-    point.fd, point.reps = bootstrap_fd(fd, list(feats), n_boot, np.random.default_rng(boot_seed))
-    point.ci = centred_interval(point.fd, point.reps)
+    point.fd, *point.ci = mean_ci(point.per_seed)
     point.flops = float(np.mean(flops))
     return point
 
@@ -141,9 +141,9 @@ def tune_onepass(measure: Measure, fd: Any, tune_seed: int, grid: Sequence[str])
 
 
 def verdicts(points: list[Point], model: str) -> list[dict[str, Any]]:
-    """Each refinement against the better of none and the tuned one-pass sampler (module docstring);
-    the difference's interval comes from the paired replicates."""
-    from analysis.metrics.frechet import centred_interval
+    """Each refinement against the better of none and the tuned one-pass sampler, seed by seed
+    (module docstring); ``gain`` = FD(baseline) - FD(refinement), positive = the refinement is better."""
+    from analysis.intervals import mean_ci, verdict
 
     mine = [p for p in points if p.model == model]
     baseline = min((p for p in mine if p.method in ("none", "onepass")), key=lambda p: p.fd)
@@ -151,13 +151,11 @@ def verdicts(points: list[Point], model: str) -> list[dict[str, Any]]:
     for p in mine:
         if p.method in ("none", "onepass"):
             continue
-        diff = p.fd - baseline.fd
-        lo, hi = centred_interval(diff, p.reps - baseline.reps)
+        gain, lo, hi = mean_ci(np.subtract(baseline.per_seed, p.per_seed))
         out.append({"model": model, "method": p.method, "rounds": p.rounds, "setting": p.setting,
                     "baseline": f"{baseline.method} ({baseline.setting or 'default'})",
-                    "fd_minus_baseline": diff, "ci_low": lo, "ci_high": hi,
-                    "flops_ratio": p.flops / baseline.flops,
-                    "outcome": "beats" if hi < 0 else ("worse" if lo > 0 else "inconclusive")})
+                    "fd_gain": gain, "ci_low": lo, "ci_high": hi, "flops_ratio": p.flops / baseline.flops,
+                    "outcome": verdict(lo, hi, better="beats")})
     return out
 
 
@@ -228,7 +226,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart-scales", default="", help="extra R = 1 restart points on scale ranges, e.g. 5-5,4-5")
     parser.add_argument("--onepass-grid", default=";".join(ONEPASS_GRID),
                         help="';'-separated one-pass settings (each a ','-separated sample.* override set); empty = none only")
-    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates per point")
 
 
 def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
@@ -246,9 +243,9 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
         raise ConfigError(f"--restart-scales {args.restart_scales!r}: expected first-last ranges, e.g. 5-5,4-5") from None
     if args.tune_seed in seeds:
         raise ConfigError(f"--tune-seed {args.tune_seed} is one of --seeds {seeds}: tune on draws you do not report")
-    if len(seeds) < 1 or args.images < 2 or any(r < 1 for r in rounds):
-        raise ConfigError(f"--seeds {args.seeds} / --images {args.images} / --rounds {args.rounds}: need >= 1 seed, "
-                          ">= 2 images and rounds >= 1")
+    if len(seeds) < 2 or args.images < 2 or any(r < 1 for r in rounds):
+        raise ConfigError(f"--seeds {args.seeds} / --images {args.images} / --rounds {args.rounds}: need >= 2 seeds "
+                          "(an interval; the study asks for >= 3), >= 2 images and rounds >= 1")
     overrides = list(getattr(args, "overrides", []))
     configure = lambda extra: load_config(getattr(args, "config", None), [*overrides, *extra])  # noqa: E731
     out = Path(args.out)
@@ -263,7 +260,7 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
         measure = Measure(model, vae, run.name, configure, args.images, net, out / "refinement_cache")
         best, tuning[run.name] = tune_onepass(measure, fd, args.tune_seed, grid)
         for point in study_points(model, run.name, rounds, best, run / "policy" / "policy.pt", ranges):
-            points.append(measure_point(point, measure, fd, seeds, args.bootstrap, cfg.fit.seed))
+            points.append(measure_point(point, measure, fd, seeds))
             log.info("%s %s R=%d: FD %.3f [%.3f, %.3f] at %.3g FLOPs/image", point.model, point.method, point.rounds,
                      point.fd, *point.ci, point.flops)
     rows = [p.row(args.images, len(seeds), metric) for p in points]
@@ -272,9 +269,9 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     command = ["srdd refine-study", *(f"--run {r}" for r in args.run), f"--out {args.out}", f"--images {args.images}",
                f"--seeds {args.seeds}", f"--tune-seed {args.tune_seed}", f"--rounds {args.rounds}",
                *([f"--restart-scales {args.restart_scales}"] if args.restart_scales else []),
-               f"--onepass-grid '{args.onepass_grid}'", f"--bootstrap {args.bootstrap}", *overrides]
+               f"--onepass-grid '{args.onepass_grid}'", *overrides]
     summary = {"command": " ".join(command),
-               "seeds": seeds, "tune_seed": args.tune_seed, "n_images": args.images, "bootstrap": args.bootstrap,
+               "seeds": seeds, "tune_seed": args.tune_seed, "n_images": args.images,
                "fd_metric": metric, "tuning": tuning,
                "points": [{**r, "fd_per_seed": p.per_seed} for r, p in zip(rows, points)],
                "verdicts": [v for name in dict.fromkeys(p.model for p in points) for v in verdicts(points, name)]}
@@ -282,7 +279,7 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     plot(points, out / "refinement.png")
     save_config(cfg, out / "refinement_cache")
     for v in summary["verdicts"]:
-        print(f"{v['model']} {v['method']} R={v['rounds']}: FD - {v['baseline']} = {v['fd_minus_baseline']:+.3f} "
-              f"[{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] at {v['flops_ratio']:.2f}x FLOPs: {v['outcome']}")
+        print(f"{v['model']} {v['method']} R={v['rounds']} ({v['setting']}): FD({v['baseline']}) - FD = "
+              f"{v['fd_gain']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] at {v['flops_ratio']:.2f}x FLOPs: {v['outcome']}")
     print(f"wrote {out / 'refinement.csv'}")
     return 0

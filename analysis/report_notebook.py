@@ -181,11 +181,12 @@ else:
 
 # %% [markdown]
 # ## Refinement at equal sampling FLOPs
-# From `srdd refine-study` (DIR/refinement.csv, docs/sampling.md "Refinement study"): FD with its bootstrap
-# 95% interval against the sampler's forward FLOPs per image, for no refinement, the best one-pass sampler
+# From `srdd refine-study` (DIR/refinement.csv, docs/sampling.md "Refinement study"): FD (mean over sampling
+# seeds) against the sampler's forward FLOPs per image, for no refinement, the best one-pass sampler
 # (temperature / top-k / top-p / the old Masked Resampling's one-pass equivalent, tuned on a separate seed),
-# restart (R rounds), self-correction (models trained with `train.refine_objective`) and the learned policy.
-# A refinement *beats* the one-pass baseline only when the interval of its FD difference lies below 0.
+# restart (R rounds), self-correction (models trained with `train.refine_objective`) and the learned policy;
+# intervals are 95% Student-t over sampling seeds. A refinement *beats* the best one-pass sampler only when
+# the interval of the per-seed FD gain over it lies above 0.
 
 # %%
 refine_table, refine_summary = rd.refinement()
@@ -205,9 +206,9 @@ else:
         ax.legend(fontsize=7)
     plt.show()
     display(refine_table.round(4))
-    lines = [f"{v['model']} {v['method']} R={v['rounds']}: FD - {v['baseline']} = {v['fd_minus_baseline']:+.3f} "
-             f"[{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] at {v['flops_ratio']:.2f}x the FLOPs: **{v['outcome']}**"
-             for v in refine_summary.get("verdicts", [])]
+    lines = [f"{v['model']} {v['method']} R={v['rounds']} (`{v['setting']}`): FD gain over {v['baseline']} "
+             f"{v['fd_gain']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] at {v['flops_ratio']:.2f}x the FLOPs: "
+             f"**{v['outcome']}**" for v in refine_summary.get("verdicts", [])]
     if lines:
         winners = [v for v in refine_summary["verdicts"] if v["outcome"] == "beats"]
         lines.append("No refinement beats the best one-pass sampler by more than its interval: the default stays "

@@ -296,8 +296,7 @@ def stage_refinement(study: Study, cfg: SRDDConfig) -> bool:
     _srdd(study, "policy-train", "--ckpt", run, "--trajectories", "16" if small else str(REFINE_DEMO["trajectories"]),
           "--steps", "50" if small else "200")
     _srdd(study, "refine-study", "--run", run, "--out", str(study.root), "--images", "16" if small else str(REFINE_DEMO["images"]),
-          "--seeds", "0,1,2", "--rounds", "1" if small else REFINE_DEMO["rounds"], "--onepass-grid", REFINE_DEMO["onepass"],
-          "--bootstrap", "20" if small else "100")
+          "--seeds", "0,1,2", "--rounds", "1" if small else REFINE_DEMO["rounds"], "--onepass-grid", REFINE_DEMO["onepass"])
     return True
 
 

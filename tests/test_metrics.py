@@ -180,17 +180,13 @@ def test_kid_matches_torchmetrics_poly_mmd():
     assert abs(same) < mean / 5
 
 
-def test_frechet_to_a_fixed_reference_equals_the_general_formula_and_bootstraps_deterministically():
-    from analysis.metrics.frechet import FrechetToReference, bootstrap_fd, centred_interval
+def test_frechet_to_a_fixed_reference_equals_the_general_formula():
+    from analysis.metrics.frechet import FrechetToReference
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6))
-    gens = [rng.normal(0.3, 1.2, size=(80, 6)) for _ in range(3)]
     fd = FrechetToReference(gaussian_stats(ref))
-    for g in gens:
+    for _ in range(3):
+        g = rng.normal(0.3, 1.2, size=(80, 6))
         assert fd(g) == pytest.approx(frechet_distance(g, ref), rel=1e-6)
-    point, reps = bootstrap_fd(fd, gens, 50, np.random.default_rng(1))
-    assert point == pytest.approx(np.mean([frechet_distance(g, ref) for g in gens]), rel=1e-6)
-    assert np.array_equal(reps, bootstrap_fd(fd, gens, 50, np.random.default_rng(1))[1]) and reps.std() > 0
-    lo, hi = centred_interval(point, reps)
-    assert lo < point < hi and hi - lo == pytest.approx(np.quantile(reps, 0.975) - np.quantile(reps, 0.025))
+    assert fd(ref) == pytest.approx(0.0, abs=1e-6)

@@ -142,7 +142,7 @@ def test_refine_study_writes_the_refinement_table(run, eval_net, srdd_home):
     import pandas as pd
 
     args = ["refine-study", "--run", str(run), "--out", str(srdd_home / "study"), "--images", "12", "--seeds", "0,1,2",
-            "--rounds", "1,2", "--restart-scales", "5-5", "--onepass-grid", "sample.temperature=0.9", "--bootstrap", "20",
+            "--rounds", "1,2", "--restart-scales", "5-5", "--onepass-grid", "sample.temperature=0.9",
             "sample.batch_size=6", *eval_net]
     assert srdd(args) == 0
     table = pd.read_csv(srdd_home / "study" / "refinement.csv")

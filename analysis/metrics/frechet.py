@@ -63,7 +63,7 @@ def frechet_distance(feats_a_ND, feats_b_MD) -> float:
 
 
 class FrechetToReference:
-    """Fréchet distance of many feature sets to one fixed reference, fast enough to bootstrap.
+    """Fréchet distance of many feature sets to one fixed reference (a study's methods x seeds).
 
     Tr (S_a S_r)^{1/2} = Tr (S_r^{1/2} S_a S_r^{1/2})^{1/2}: with the reference's symmetric square
     root computed once, each distance needs one symmetric eigendecomposition instead of a general
@@ -84,19 +84,3 @@ class FrechetToReference:
         d2 = diff @ diff + np.trace(a.sigma_DD) + np.trace(self.ref.sigma_DD) - 2.0 * tr_covmean
         return float(max(d2, 0.0))
 
-
-def bootstrap_fd(fd: FrechetToReference, feats_per_seed: list[np.ndarray], n_boot: int,
-                 rng: np.random.Generator) -> tuple[float, np.ndarray]:
-    """(FD averaged over seeds, ``n_boot`` bootstrap replicates of that average): each replicate
-    resamples every seed's generated images with replacement."""
-    point = float(np.mean([fd(f) for f in feats_per_seed]))
-    reps = np.array([np.mean([fd(f[rng.integers(0, len(f), len(f))]) for f in feats_per_seed]) for _ in range(n_boot)])
-    return point, reps
-
-
-def centred_interval(point: float, reps: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """The bootstrap percentile interval moved so that its median sits on ``point``. FD at a fixed
-    number of images is biased upward (and resampling with replacement adds to it), alike for every
-    set of that size: the interval gives the spread of the estimate, not its bias."""
-    lo, mid, hi = np.quantile(reps, [(1 - level) / 2, 0.5, (1 + level) / 2])
-    return point - (mid - lo), point + (hi - mid)
