@@ -120,9 +120,8 @@ def tar_members(path: str | os.PathLike, read: bool = True,
     skips the payloads (None) of a plain tar, whose members a reader can then fetch by ``info.offset_data``. tarfile's stream mode takes a member cut
     short, or a header cut short, for the end of the archive; here both raise ``tarfile.ReadError``:
     a plain tar must end with its two zero blocks (a compressed one fails in its decompressor)."""
+    compressed = _is_compressed(path)
     with open(path, "rb") as f:
-        compressed = f.read(6)[:3] in (b"\x1f\x8b\x08", b"BZh", b"\xfd7zX")
-        f.seek(0)
         with tarfile.open(fileobj=f, mode="r|*") as stream:
             for info in stream:
                 if with_dirs and info.isdir():
@@ -153,6 +152,67 @@ def read_member(path: str | os.PathLike, offset: int, size: int) -> bytes:
     if len(data) != size:
         raise tarfile.ReadError(f"{path}: {len(data)} of {size} bytes at offset {offset} (truncated)")
     return data
+
+
+def _is_compressed(path: str | os.PathLike) -> bool:
+    with open(path, "rb") as f:
+        return f.read(6)[:3] in (b"\x1f\x8b\x08", b"BZh", b"\xfd7zX")
+
+
+def _indexed_members(path: str | os.PathLike) -> Iterator[dict]:
+    """Regular files of a plain tar as webdataset file samples whose data is (offset, size): the
+    headers are read and the payloads seeked over (random-access mode), so indexing a shard reads
+    a 512-byte header per member. Damage raises ``tarfile.ReadError``: a payload running past the
+    end of the file, or no end-of-archive marker where the members end (a truncated header)."""
+    file_size = os.path.getsize(path)
+    with tarfile.open(path, mode="r:") as tar:
+        for info in tar:
+            if not info.isreg():
+                continue
+            if info.offset_data + info.size > file_size:
+                raise tarfile.ReadError(f"{info.name}: payload runs past the end of the file (truncated)")
+            yield {"fname": info.name, "data": (info.offset_data, info.size), "__url__": str(path)}
+        end = tar.offset
+    with open(path, "rb") as f:
+        f.seek(end)
+        if f.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
+            raise tarfile.ReadError(f"no end-of-archive marker at byte {end} (truncated header)")
+
+
+class StoredSample:
+    """One sample of a plain tar by reference: ``load()`` reads its members' payloads."""
+
+    __slots__ = ("path", "spans")
+
+    def __init__(self, path: str, spans: dict[str, tuple[int, int]]):
+        self.path, self.spans = path, spans
+
+    def load(self) -> Sample:
+        with open(self.path, "rb") as f:
+            out = {}
+            for ext, (offset, size) in self.spans.items():
+                f.seek(offset)
+                out[ext] = f.read(size)
+                if len(out[ext]) != size:
+                    raise tarfile.ReadError(f"{self.path}: {len(out[ext])} of {size} bytes of .{ext} (truncated)")
+        return out
+
+
+def index_tar(path: str | os.PathLike, skipped: list[dict]) -> Iterator[tuple[str, StoredSample]]:
+    """(key, StoredSample) pairs of one plain-tar shard, in archive order, from the headers alone: a
+    reader that keeps only some samples (one rank of many) reads only their payloads. Damage is
+    handled as in ``read_tar``: the shard ends there, the sample being read is dropped, the damage
+    is appended to ``skipped``. Compressed tars cannot be indexed (they cannot seek): ValueError."""
+    from webdataset.tariterators import group_by_keys
+
+    if _is_compressed(path):
+        raise ValueError(f"{path}: a compressed tar; shards are plain tars (srdd shards / srdd pyramids write them)")
+    try:
+        for sample in group_by_keys(_indexed_members(path)):
+            key = sample.pop("__key__")
+            yield key, StoredSample(str(path), {k: v for k, v in sample.items() if not k.startswith("__")})
+    except (tarfile.TarError, EOFError, OSError) as exn:
+        skipped.append({"input": Path(path).name, "reason": "truncated tar", "detail": str(exn)[:200]})
 
 
 def _members(path: str | os.PathLike) -> Iterator[dict]:

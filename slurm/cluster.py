@@ -56,10 +56,11 @@ class LocalCluster:
     env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, timeout_s: float = 180.0) -> "LocalCluster":
-        """Start (or reuse) the cluster via local_cluster.sh; raises SlurmError with its output."""
-        result = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True,
-                                timeout=timeout_s)
+    def start(cls, timeout_s: float = 180.0, nodes: int = 1) -> "LocalCluster":
+        """Start (or reuse) the cluster via local_cluster.sh with ``nodes`` SLURM nodes (a running
+        cluster of another size is restarted); raises SlurmError with its output."""
+        result = subprocess.run(["bash", str(SCRIPT), "start", "--nodes", str(nodes)], capture_output=True,
+                                text=True, timeout=timeout_s)
         if result.returncode != 0:
             raise SlurmError(f"slurm/local_cluster.sh start failed (exit {result.returncode}):\n"
                              f"{result.stdout}{result.stderr}")

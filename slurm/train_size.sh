@@ -11,7 +11,9 @@
 # SLURM sends SIGUSR1 slurm.signal_s before the time limit (SIGTERM on preemption): the trap
 # touches <run>/PREEMPT, the ranks checkpoint at the next step boundary and leave <run>/REQUEUE,
 # and this script requeues the job, which resumes from that checkpoint (the one preemption protocol
-# of every launcher: slurm/runs.py). See docs/training.md.
+# of every launcher: slurm/runs.py). A requeued job may get another number of nodes (or GPUs): the
+# run resumes on the new number of ranks with the same global batch (docs/training.md, "Elastic
+# resume"). Multi-node recipe: docs/slurm.md, "Several nodes". See docs/training.md.
 #SBATCH --job-name=srdd-train
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
@@ -48,8 +50,13 @@ nodes=${SLURM_JOB_NUM_NODES:-1}
 if [[ -n ${SLURM_GPUS_ON_NODE:-} && ${SLURM_GPUS_ON_NODE} -gt 0 ]]; then
     RANKS_PER_NODE=$SLURM_GPUS_ON_NODE
 fi
-master=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-port=$((20000 + SLURM_JOB_ID % 20000))
+# Rendezvous on the first node, at the address SLURM reaches it by (NodeAddr: a node name need not
+# resolve, e.g. several nodes on one host); port SRDD_RDZV_PORT or one derived from the job id, so
+# concurrent jobs sharing a node do not collide (docs/slurm.md, "Several nodes").
+first_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+master=$(scontrol show node "$first_node" | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)
+master=${master:-$first_node}
+port=${SRDD_RDZV_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
 mkdir -p "$RUN_DIR"
 echo "[train_size] job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}: $RUN_NAME on $nodes node(s) x $RANKS_PER_NODE ranks, rendezvous $master:$port"
 
@@ -60,7 +67,9 @@ on_signal() {
 trap 'on_signal USR1' USR1
 trap 'on_signal TERM' TERM
 
-srun --kill-on-bad-exit=1 --nodes="$nodes" --ntasks-per-node=1 \
+# --ntasks explicitly: a job requeued onto fewer nodes keeps its first SLURM_NTASKS in the environment,
+# and srun would start that many torchrun agents on the nodes it has now.
+srun --kill-on-bad-exit=1 --nodes="$nodes" --ntasks="$nodes" --ntasks-per-node=1 \
     "$PYTHON" -m torch.distributed.run --nnodes="$nodes" --nproc_per_node="$RANKS_PER_NODE" \
     --rdzv_backend=c10d --rdzv_endpoint="$master:$port" --rdzv_id="$SLURM_JOB_ID" \
     -m pretrain.cli train "model.size=$SIZE" "run_name=$RUN_NAME" "$@" &

@@ -52,8 +52,8 @@ def test_token_budget_sets_steps():
 
 
 def test_mismatched_keys_are_named():
-    a = frozen_keys(load_config(overrides=["model.size=d1"]), 2)
-    b = frozen_keys(load_config(overrides=["model.size=d2", "model.mask=srdd", "tokenizer.patch_nums=[1,2,4,8]"]), 2)
+    a = frozen_keys(load_config(overrides=["model.size=d1"]))
+    b = frozen_keys(load_config(overrides=["model.size=d2", "model.mask=srdd", "tokenizer.patch_nums=[1,2,4,8]"]))
     with pytest.raises(ConfigError) as err:
         check_compatible(a, b, Path("ckpt"))
     msg = str(err.value)

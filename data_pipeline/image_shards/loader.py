@@ -15,9 +15,8 @@ import numpy as np
 import torch
 
 from data_pipeline import shards_dir
-from data_pipeline.files import Sample
 from data_pipeline.image_shards.decode import IMAGE_EXTS, BadInput, decode_image, preprocess, to_pm1
-from data_pipeline.stream import ShardStream, StreamSpec, split_shards
+from data_pipeline.stream import RawSample, ShardStream, StreamSpec, split_shards
 from pretrain.config import SRDDConfig
 from pretrain.config.fields import ConfigError
 
@@ -28,9 +27,9 @@ def _decoder(cfg: SRDDConfig, split: str, seed: int):
     d = cfg.data
     augment = split == "train"
 
-    def decode(raw: list[tuple[str, Sample]], epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(raw: list[RawSample]) -> tuple[torch.Tensor, torch.Tensor]:
         imgs, labels = [], []
-        for key, sample in raw:
+        for key, sample, epoch, _ in raw:
             ext = next((e for e in IMAGE_EXTS if e in sample), None)
             try:
                 img, _ = decode_image(sample[ext] if ext else b"")

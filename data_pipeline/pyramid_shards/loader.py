@@ -1,10 +1,11 @@
 """``PyramidLoader``: pyramid shards -> (label_B, [idx_Bl per scale]) training batches.
 
 Streams ``<pyramids_dir>/{split}-*.tar`` (format: data_pipeline/pyramid_shards/format.py) through
-the deterministic stream of data_pipeline/stream.py: node split by rank/world_size, worker
-split by batch, seeded shuffle buffer (train split only), infinite or epoch mode, and an exact
-position: ``load_state_dict(state_dict())`` after step N yields the batches an uninterrupted
-run yields from step N on. With data.flip the train split picks the stored flipped pyramid
+the deterministic stream of data_pipeline/stream.py: one global sample order (seeded shuffle
+buffer on the train split only) cut into per-rank micro-batches, worker split by batch, infinite
+or epoch mode, and an exact global position: ``load_state_dict(state_dict())`` after step N yields
+the batches an uninterrupted run yields from step N on, also with another number of ranks (same
+global batch). With data.flip the train split picks the stored flipped pyramid
 for a sample with probability 1/2, drawn from (seed, epoch, key).
 """
 from __future__ import annotations
@@ -18,9 +19,8 @@ import numpy as np
 import torch
 
 from data_pipeline import pyramids_dir
-from data_pipeline.files import Sample
 from data_pipeline.pyramid_shards.format import split_scales, unpack_tokens
-from data_pipeline.stream import ShardStream, StreamSpec, split_shards, stack_labels
+from data_pipeline.stream import RawSample, ShardStream, StreamSpec, split_shards, stack_labels
 from pretrain.config import SRDDConfig
 from pretrain.config.fields import ConfigError
 
@@ -54,11 +54,11 @@ class PyramidLoader:
     def _decode_fn(self, augment: bool, seed: int):
         patch_nums = self.patch_nums
 
-        def decode(raw: list[tuple[str, Sample]], epoch: int) -> Batch:
+        def decode(raw: list[RawSample]) -> Batch:
             rows = []
-            for key, sample in raw:
-                tokens_FL = unpack_tokens(sample)
-                f = zlib.crc32(f"{seed}/{epoch}/{key}".encode()) % tokens_FL.shape[0] if augment else 0
+            for r in raw:
+                tokens_FL = unpack_tokens(r.sample)
+                f = zlib.crc32(f"{seed}/{r.epoch}/{r.key}".encode()) % tokens_FL.shape[0] if augment else 0
                 rows.append(tokens_FL[f])
             tokens_BL = torch.from_numpy(np.stack(rows).astype(np.int64))
             return stack_labels(raw), split_scales(tokens_BL, patch_nums)

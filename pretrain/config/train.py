@@ -39,6 +39,7 @@ class TrainConfig:
     export_model: bool = doc(True, "write the consolidated fp32 <run>/model.pt when training ends")
     refine_objective: str = choice("off", ("off", "remask"), help="remask = also learn to re-predict each scale from a corrupted draft of it (self-correction, sample.refine=mr; docs/sampling.md); ~2x training FLOPs")
     refine_replace: float = bounded(0.2, min=0.0, max=1.0, help="remask: fraction of a draft's unmasked tokens replaced by a draw from the model (the rest stay true)")
+    debug_record: bool = doc(False, "record each micro-batch's samples per rank and the gathered weights + Adam state at every save and resume in <run>/debug/ (tests; a gather per checkpoint)")
 
     def validate(self, prefix: str) -> None:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,7 +24,7 @@ from pretrain.config.fields import ConfigError
 from pretrain.dist import DistInfo, init_distributed
 from pretrain.engine import build_engine
 from pretrain.model.flops import refine_objective_flops_factor, train_flops_executed_per_sample, train_flops_per_sample
-from pretrain.outputs import atomic_write_json, run_dir, save_config
+from pretrain.outputs import append_jsonl, atomic_write_json, run_dir, save_config
 from pretrain.train.budget import tokens_per_sample, total_steps
 from pretrain.train.checkpoint import frozen_keys
 from pretrain.train.data import codes_loader, model_batches
@@ -79,7 +81,7 @@ class TransformerTask(TaskDefaults):
         self.outputs = (self.run / "final.json",)  # model.pt is optional (train.export_model)
 
     def frozen(self) -> dict[str, Any]:
-        return frozen_keys(self.cfg, self.info.world_size)
+        return frozen_keys(self.cfg)  # not the world size: a run resumes on any number of ranks
 
     def setup(self) -> None:
         from pretrain.model import build_model
@@ -123,8 +125,25 @@ class TransformerTask(TaskDefaults):
                 "flops": samples * self.flops_per_sample, "flops_executed": samples * self.flops_executed_per_sample}
 
     # ---- the harness hooks ---------------------------------------------------------------
+    def begin(self, progress: Progress, log: Log) -> None:
+        self.progress, self.start_step = progress, progress.step
+
     def batches(self) -> Iterator[Batch]:
-        return model_batches(self.loader, self.codec, self.device)
+        batches = model_batches(self.loader, self.codec, self.device)
+        return self.recorded(batches) if self.cfg.train.debug_record else batches
+
+    def recorded(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        """``batches``, appending each micro-batch's samples [epoch, index, key] to
+        ``<run>/debug/samples_rank<r>.jsonl`` with the step that takes it and where this rank runs
+        (train.debug_record); a restarted job appends again from its ``start_step`` on (readers keep
+        the latest job's records). ``node``: SLURM's node name under SLURM, else the host name."""
+        path = self.run / "debug" / f"samples_rank{self.info.rank:05d}.jsonl"
+        where = {"rank": self.info.rank, "local_rank": self.info.local_rank, "world_size": self.info.world_size,
+                 "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname()}
+        for batch in batches:
+            append_jsonl(path, {"step": self.progress.step + 1, "start_step": self.start_step, **where,
+                                "samples": self.loader.stream.last_samples})
+            yield batch
 
     def loss(self, batch: Batch) -> StepLoss:
         return self.objective.loss(batch)
@@ -157,11 +176,25 @@ class TransformerTask(TaskDefaults):
         if isinstance(self.objective, RemaskObjective):
             self.objective.draft_stats.sums_3K = state["draft_stats"]
 
-    def finish(self, progress: Progress, log: Log) -> None:
+    def resized_state(self, saved: list[dict[str, Any]]) -> dict[str, Any]:
+        """Resume on another number of ranks: the loader position is global (the same on every saved
+        rank); the window's per-scale sums (``stats``, and the remask objective's ``draft_stats``) are
+        partial sums that ``ScaleStats.reduce`` adds over ranks, so their total goes to rank 0 and
+        zeros elsewhere."""
+        positions = {tuple(sorted(s["loader"].items())) for s in saved}
+        if len(positions) != 1:
+            raise RuntimeError(f"the saved ranks disagree on the loader position: {sorted(positions)}")
+        state = {"loader": saved[0]["loader"]}
+        for key in saved[0].keys() - {"loader"}:
+            total_3K = torch.stack([s[key] for s in saved]).sum(0)
+            state[key] = total_3K if self.info.is_main else torch.zeros_like(total_3K)
+        return state
+
+    def finish(self, progress: Progress, log_record: Log) -> None:
         """Final val pass, model.pt and final.json (the sweep's runs table reads it)."""
         step = progress.step
         val = self.validate(step)
-        log(val)
+        log_record(val)
         state_dict = consolidated_state_dict(self.engines["model"]) if self.cfg.train.export_model else None
         cfg = self.cfg
         final = {"status": "completed", "run": cfg.run_name, "size": cfg.model.size,
@@ -171,7 +204,8 @@ class TransformerTask(TaskDefaults):
                  "time_s": progress.time_s}
         if self.info.is_main:
             if state_dict is not None:
-                save_model(self.run / "model.pt", state_dict, cfg, step, final["tokens"], self.tokenizer_hash)
+                log.info("writing %s", save_model(self.run / "model.pt", state_dict, cfg, step, final["tokens"],
+                                                  self.tokenizer_hash))
             atomic_write_json(self.run / "final.json", final)
 
 

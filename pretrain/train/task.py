@@ -7,6 +7,7 @@ resume, preemption, metrics, progress). Call order, on every rank::
 
     frozen()                                 before anything is built: a resume that disagrees is refused
     setup()                                  build models, engines, loaders; fills ``engines``
+    resized_state(saved) -> state            only when resuming on another number of ranks
     load_state_dict(state)                   only when resuming (after the engines and RNG are restored)
     begin(progress, log)                     at every (re)start, after any resume
     batches()                                the resumable micro-batch iterator (created after any resume)
@@ -23,6 +24,11 @@ budget), so no stale result stands beside a run in progress. ``log(record)`` app
 metrics.jsonl (rank 0; a no-op elsewhere); ``finish`` logs its records before writing its
 outputs, so a job killed in between redoes both. ``StepLoss.objectives`` names the engines that take a
 backward/step for that micro-batch; every micro-batch of one step must name the same ones.
+
+World size: a task whose ``frozen()`` holds ``world_size`` resumes only on as many ranks as
+saved. Others resume on any number (pretrain/train/elastic.py): the harness re-partitions the
+engines and calls ``resized_state`` with every saved rank's state to get this rank's (global
+parts such as a loader position are the same on all ranks; per-rank partial sums add up on one).
 """
 from __future__ import annotations
 
@@ -73,6 +79,7 @@ class Schedule:
     milestones: tuple[int, ...] = ()
     max_bad_steps: int = 5
     stop_after: int = 0
+    debug_record: bool = False
     wandb: str = "offline"
     wandb_project: str = "srdd"
 
@@ -82,7 +89,7 @@ class Schedule:
         base = cls(total_steps=total_steps, grad_accum=train.grad_accum, log_every=train.log_every,
                    val_every=train.val_every, ckpt_every=train.ckpt_every, keep_last=train.keep_last,
                    milestones=tuple(train.milestones), max_bad_steps=train.max_bad_steps, stop_after=train.stop_after,
-                   wandb=train.wandb, wandb_project=train.wandb_project)
+                   debug_record=train.debug_record, wandb=train.wandb, wandb_project=train.wandb_project)
         return dataclasses.replace(base, **overrides)
 
 
@@ -128,6 +135,7 @@ class Task(Protocol):
     def begin(self, progress: Progress, log: Log) -> None: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def resized_state(self, saved: list[dict[str, Any]]) -> dict[str, Any]: ...
     def finish(self, progress: Progress, log: Log) -> None: ...
 
 
@@ -154,3 +162,7 @@ class TaskDefaults:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    def resized_state(self, saved: list[dict[str, Any]]) -> dict[str, Any]:
+        raise NotImplementedError(f"{type(self).__name__} cannot resume on another number of ranks "
+                                  "(put world_size in its frozen keys)")

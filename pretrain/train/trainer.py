@@ -10,10 +10,13 @@ harness gives every task the same guarantees:
 - checkpoints every ``ckpt_every`` steps, at the end and on a stop request, in one format
   (pretrain/train/checkpoint.py: completion marker, every engine, per-rank RNG and task state);
 - rerunning resumes from the newest complete checkpoint, exactly: the same loss records as an
-  uninterrupted run; metrics.jsonl is cut back to what it held at that checkpoint;
+  uninterrupted run; metrics.jsonl is cut back to what it held at that checkpoint; on another
+  number of ranks too, for tasks that allow it (pretrain/train/elastic.py);
 - SIGUSR1 / SIGUSR2 / SIGTERM or ``<run>/PREEMPT``: checkpoint at the next step boundary, write
   ``<run>/REQUEUE``, return "preempted" (pretrain/train/signals.py);
-- metrics.jsonl + wandb (pretrain/train/metrics.py) and a progress bar, on rank 0.
+- metrics.jsonl + wandb (pretrain/train/metrics.py) and a progress bar, on rank 0;
+- with ``train.debug_record``: every engine's gathered weights and Adam state at each save and
+  resume, in ``<run>/debug/`` (tests compare them across world sizes).
 """
 from __future__ import annotations
 
@@ -23,11 +26,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from pretrain.dist import DistInfo
+from pretrain.outputs import atomic_path
 from pretrain.train.checkpoint import CheckpointManager, check_compatible, read_meta
+from pretrain.train.elastic import gathered_state
 from pretrain.train.metrics import MetricsLogger
 from pretrain.train.signals import REQUEUE_FILE, StopRequest, mark_for_requeue
 from pretrain.train.step import OptimizerStep
@@ -90,16 +96,29 @@ class Trainer:
         (0 for a fresh start: nothing logged before is this run's)."""
         if latest is None:
             return 0
-        meta, rank_state = self.ckpts.load(self.task.engines, latest)
+        meta, rank_state = self.ckpts.load(self.task.engines, latest, self.task.resized_state)
         self.task.load_state_dict(rank_state)
         self.progress = Progress(**meta["progress"])
         log.info("resumed from %s (step %d of %d)", latest, self.progress.step, self.task.schedule.total_steps)
+        self.record_state(f"resumed_w{self.info.world_size}")
         return meta.get("metrics_records")
 
     def save(self, metrics: MetricsLogger) -> Path:
         meta = {"step": self.progress.step, "progress": vars(self.progress), "frozen": self.task.frozen(),
                 "metrics_records": metrics.records}
-        return self.ckpts.save(self.task.engines, self.progress.step, meta, self.task.state_dict())
+        path = self.ckpts.save(self.task.engines, self.progress.step, meta, self.task.state_dict())
+        self.record_state("saved")
+        return path
+
+    def record_state(self, event: str) -> None:
+        """With ``debug_record``: every engine's ``gathered_state`` to
+        ``<run>/debug/state_step<N>_<event>.pt`` (a collective; rank 0 writes)."""
+        if not self.task.schedule.debug_record:
+            return
+        state = {name: gathered_state(engine) for name, engine in self.task.engines.items()}
+        if self.info.is_main:
+            with atomic_path(self.run_dir / "debug" / f"state_step{self.progress.step:08d}_{event}.pt") as tmp:
+                torch.save(state, tmp)
 
     # ---- the loop ----------------------------------------------------------------------
     def train(self, metrics: MetricsLogger, stop: StopRequest) -> str:

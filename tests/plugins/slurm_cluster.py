@@ -6,6 +6,9 @@
         slurm_cluster.job_state(job_id)   # "COMPLETED"
         slurm_cluster.activate(monkeypatch)  # SLURM_CONF + sacct stand-in in os.environ (submitit)
         release_requeued(slurm_cluster, job_id)  # after a requeue: let the job start again now
+        release_requeued(slurm_cluster, job_id, nodes=1)  # ... on one node (a requeue onto fewer nodes)
+
+    def test_y(two_node_cluster): ...   # module fixture: the cluster with nodes node1, node2
 
 Also ``wait_for(predicate, timeout_s, what)``: poll until predicate() is truthy, return its value.
 
@@ -19,12 +22,13 @@ import re
 import subprocess
 import time
 import shutil
+from typing import Iterator
 
 import pytest
 
 from slurm.cluster import LocalCluster, SlurmError
 
-__all__ = ["release_requeued", "slurm_cluster", "wait_for"]
+__all__ = ["release_requeued", "slurm_cluster", "two_node_cluster", "wait_for"]
 
 
 def _cannot_run_reason() -> str | None:
@@ -48,6 +52,15 @@ def slurm_cluster() -> LocalCluster:
         raise
 
 
+@pytest.fixture(scope="module")
+def two_node_cluster(slurm_cluster) -> Iterator[LocalCluster]:
+    """The local cluster restarted with two nodes (node1, node2: two slurmd on this host) for one
+    test module; the one-node cluster the other tests expect is started again afterwards."""
+    cluster = LocalCluster.start(nodes=2)
+    yield cluster
+    LocalCluster.start(nodes=1)
+
+
 def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
     """predicate()'s first truthy value, polled every poll_s; AssertionError naming `what` after timeout_s."""
     deadline = time.monotonic() + timeout_s
@@ -59,8 +72,9 @@ def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def release_requeued(cluster: LocalCluster, job_id: str, timeout_s: float = 120) -> None:
-    """Wait until the job is requeued (pending, Restarts=1), then make it eligible at once.
+def release_requeued(cluster: LocalCluster, job_id: str, timeout_s: float = 120, nodes: int | None = None) -> None:
+    """Wait until the job is requeued (pending, Restarts=1), then make it eligible at once, with
+    ``nodes`` nodes when given (what a site does when a requeued job gets a smaller allocation).
 
     SLURM keeps a requeued job ineligible for ~2 minutes (BeginTime). Not at once: slurmd revokes
     the first run's credential, and refuses any credential of this job created in the same second
@@ -70,8 +84,12 @@ def release_requeued(cluster: LocalCluster, job_id: str, timeout_s: float = 120)
         return subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True,
                               env=cluster.full_env()).stdout
 
-    wait_for(lambda: re.search(r"Restarts=1\b", text := show()) and "JobState=PENDING" in text, timeout_s,
-             f"the requeue of job {job_id}")
+    text = wait_for(lambda: re.search(r"Restarts=1\b", text := show()) and "JobState=PENDING" in text and text,
+                    timeout_s, f"the requeue of job {job_id}")
+    if nodes is not None:  # one task per node (train_size.sh): SLURM keeps the task and CPU counts unless told
+        cpus = nodes * int(re.search(r"CPUs/Task=(\d+)", text).group(1))
+        subprocess.run(["scontrol", "update", f"jobid={job_id}", f"NumTasks={nodes}", f"NumNodes={nodes}-{nodes}",
+                        f"NumCPUs={cpus}"], check=True, env=cluster.full_env(), capture_output=True)
     time.sleep(2.0)
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True, env=cluster.full_env(),
                    capture_output=True)

@@ -5,6 +5,8 @@
     proc = start_srdd(home, "tokenizer-train", [...], ranks=2, log=path)
     kill_when(proc, lambda: last_step(run, "train") >= 3)  # SIGKILL the launcher and every rank
     records(run, "train")                                  # step -> record, the last of each step winning
+    taken_samples(run)             # with train.debug_record: [epoch, index, key] in global order, all jobs
+    gathered_states(run, step, w)  # ... (saved, resumed on w ranks) weights + Adam state at a checkpoint
 
 ``straight_train_run`` (session): d1, 2 gloo ranks, ZeRO-2, 8 steps, val every 4, checkpoints every
 4, wandb offline: the uninterrupted reference of every 2-rank `srdd train` resume test, and the
@@ -107,3 +109,33 @@ def straight_train_run(tmp_path_factory, pyramid_shards, tiny_tokenizer_ckpt) ->
     run_srdd(home, "train", [*train_overrides(pyramid_shards, tiny_tokenizer_ckpt), *STRAIGHT_TRAIN,
                              "run_name=straight", "train.wandb=offline"], ranks=2)
     return home / "straight"
+
+
+def taken_samples(run_dir: Path) -> list[list[Any]]:
+    """[epoch, index, key] of every sample a run's ranks took, in the global order: step, then
+    micro-batch, then rank (from ``train.debug_record``'s ``debug/samples_rank*.jsonl``). A step
+    logged by several jobs (one killed after it) counts as the latest job logged it."""
+    by_step: dict[int, list[dict[str, Any]]] = {}
+    for path in sorted((run_dir / "debug").glob("samples_rank*.jsonl")):
+        for r in read_jsonl(path):
+            by_step.setdefault(r["step"], []).append(r)
+    out = []
+    for step in sorted(by_step):
+        latest = max(r["start_step"] for r in by_step[step])
+        per_rank: dict[int, list[dict[str, Any]]] = {}
+        for r in by_step[step]:
+            if r["start_step"] == latest:
+                per_rank.setdefault(r["rank"], []).append(r)
+        for micro in zip(*(per_rank[rank] for rank in sorted(per_rank))):
+            out += [s for r in micro for s in r["samples"]]
+    return out
+
+
+def gathered_states(run_dir: Path, step: int, world_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state saved at ``step``, state right after ``world_size`` ranks resumed from it), per engine:
+    ``train.debug_record``'s files (pretrain.train.elastic.gathered_state)."""
+    import torch
+
+    debug = run_dir / "debug"
+    return (torch.load(debug / f"state_step{step:08d}_saved.pt", weights_only=False),
+            torch.load(debug / f"state_step{step:08d}_resumed_w{world_size}.pt", weights_only=False))
