@@ -2,17 +2,23 @@
 
 Appends one record to ``<run>/metrics.jsonl``::
 
-    {"kind": "eval", "step", "n_samples", "FD-<net>", "IS-<net>", "IS-<net>_std",
-     "precision-<net>", "recall-<net>", "KID-<net>", "KID-<net>_std",
-     "val_loss", "val_acc", "val_loss_per_scale", "val_acc_per_scale",
+    {"kind": "eval", "step", "n_samples", "FD-<net>", "FD-<net>_boot", "IS-<net>", "IS-<net>_std",
+     "precision-<net>", "recall-<net>", "KID-<net>", "KID-<net>_std", "class_acc-<net>",
+     "val_loss", "val_acc", "val_loss_per_scale", "val_acc_per_scale", ["fd_by_scales"],
      "sampler": {...}, "feature_net": {"name", "sha256"}, "reference": {provenance}}
 
 (also as ``<run>/eval/step<step>-<net>.json`` beside the eval's config.yaml)
-and the quality-metric columns (plus ``fd``/``fd_metric``; not val_*) to the run's row of
-``runs.csv`` when that table exists. Quality metrics compare ``--samples`` images
-drawn with the configured ``sample.*`` settings (classes balanced) against the
-val split's cached reference features; token metrics are teacher-forced CE and
-accuracy per scale on the val pyramid shards.
+and the quality-metric columns (plus ``fd``/``fd_metric``, ``fd_ci_low``/``fd_ci_high``,
+``class_acc``; not val_* and not the replicates) to the run's row of ``runs.csv`` when that table
+exists. Quality metrics compare ``--samples`` images drawn with the configured ``sample.*``
+settings (classes balanced) against the val split's cached reference features; token metrics are
+teacher-forced CE and accuracy per scale on the val pyramid shards. ``FD-<net>_boot``: FD of
+bootstrap resamples of the generated images (analysis/bootstrap.py: the study's intervals over
+samples); ``class_acc-<net>``: the feature network's classifier accuracy on the class-conditional
+samples (the label each image was sampled for); ``KID-<net>_std`` is null when the KID subsets
+are whole sets (analysis/metrics/kid.py). ``--fd-by-scales``: FD (and replicates) of the same
+samples decoded from their first k scales only, k = 1..K (``fd_by_scales``: how much of the
+quality the first coarse-to-fine steps reach).
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,19 +42,56 @@ SAMPLER_KEYS = ("cfg", "cfg_schedule", "top_k", "top_p", "temperature", "seed", 
                 "refine_rounds", "p_resample", "refine_depth", "refine_scales", "policy_ckpt")
 
 
-def quality_metrics(net: Any, ref: Any, feats_ND: np.ndarray, probs_NC: np.ndarray | None, eval_cfg: Any) -> dict[str, float]:
-    """FD, IS (when the network has a classifier head), precision/recall and (optionally) KID of
-    generated features vs the reference, named by network."""
-    from analysis.metrics import frechet_distance_from_stats, gaussian_stats, inception_score, kernel_distance, precision_recall
+def fd_with_replicates(net: Any, ref: Any, feats_ND: np.ndarray, seed: int) -> dict[str, Any]:
+    """``FD-<net>`` and ``FD-<net>_boot`` (its bootstrap replicates over the generated images)."""
+    from analysis.bootstrap import fd_replicates
+    from analysis.metrics import frechet_distance_from_stats, gaussian_stats
 
-    out: dict[str, float] = {net.metric("FD"): frechet_distance_from_stats(gaussian_stats(feats_ND, "generated"), ref.stats)}
+    name = net.metric("FD")
+    return {name: frechet_distance_from_stats(gaussian_stats(feats_ND, "generated"), ref.stats),
+            f"{name}_boot": [round(float(v), 6) for v in fd_replicates(feats_ND, ref.stats, seed=seed)]}
+
+
+def quality_metrics(net: Any, ref: Any, feats_ND: np.ndarray, probs_NC: np.ndarray | None, eval_cfg: Any,
+                    labels_N: np.ndarray | None = None, seed: int = 0) -> dict[str, Any]:
+    """FD (with its sample-bootstrap replicates), IS and class accuracy on ``labels_N`` (when the
+    network has a classifier head), precision/recall and (optionally) KID of generated features vs
+    the reference, named by network."""
+    from analysis.metrics import inception_score, kernel_distance, precision_recall
+
+    out: dict[str, Any] = fd_with_replicates(net, ref, feats_ND, seed)
     if probs_NC is not None:
         out[net.metric("IS")], out[net.metric("IS") + "_std"] = inception_score(probs_NC, splits=min(eval_cfg.is_splits, len(probs_NC)))
+        if labels_N is not None and probs_NC.shape[1] > int(np.max(labels_N)):
+            out[net.metric("class_acc")] = float(np.mean(probs_NC.argmax(axis=1) == np.asarray(labels_N)))
     out[net.metric("precision")], out[net.metric("recall")] = precision_recall(ref.feats_ND, feats_ND, k=eval_cfg.pr_k)
     if eval_cfg.kid:
         out[net.metric("KID")], out[net.metric("KID") + "_std"] = kernel_distance(
             ref.feats_ND, feats_ND, subsets=eval_cfg.kid_subsets, subset_size=eval_cfg.kid_subset_size)
     return out
+
+
+def runs_csv_columns(record: dict[str, Any]) -> dict[str, Any]:
+    """The runs.csv columns of an eval record: the quality metrics (no replicates; the table's
+    val_loss stays the training run's full val pass, what the fits read), ``fd``/``fd_metric``, the
+    FD's interval over the generated images (``fd_ci_low``/``fd_ci_high``: the replicates'
+    percentile interval moved so that its median sits on ``fd``), ``class_acc`` and ``fid_inception``."""
+    from analysis.metrics.frechet import centred_interval
+
+    net = record["feature_net"]["name"]
+    fd_name = next(k for k in (f"FD-{net}", f"FID-{net}") if k in record)
+    columns = {k: v for k, v in record.items() if "-" in k and not k.endswith("_boot") and not k.startswith("val_")}
+    columns |= {"fd": record[fd_name], "fd_metric": fd_name}
+    boot = record.get(f"{fd_name}_boot")
+    if boot:
+        columns["fd_ci_low"], columns["fd_ci_high"] = centred_interval(record[fd_name], np.asarray(boot))
+    acc = next((k for k in record if k.startswith("class_acc-")), None)
+    if acc:
+        columns["class_acc"] = record[acc]
+    fid = f"FID-{record['fid_network']['name']}" if "fid_network" in record else None
+    if fid in record:  # the column the report plots beside fd, whichever resize eval.fid_resize named the metric after
+        columns["fid_inception"] = record[fid]
+    return columns
 
 
 def update_runs_csv(path: Path, run: str, values: dict[str, Any]) -> bool:
@@ -67,10 +110,17 @@ def update_runs_csv(path: Path, run: str, values: dict[str, Any]) -> bool:
     return bool(hit)
 
 
-def _sampled_images(model: Any, vae: Any, labels_N: torch.Tensor, cfg: SRDDConfig) -> Iterator[torch.Tensor]:
-    from pretrain.sampling.batches import sample_in_batches
-
-    return (img for img, _ in sample_in_batches(model, vae, labels_N, cfg.sample))
+def fd_by_scales(net: Any, ref: Any, vae: Any, pyramids: list[list[torch.Tensor]], seed: int) -> list[dict[str, Any]]:
+    """FD (and replicates) of the samples decoded from their first k scales, k = 1..K: the quality
+    each coarse-to-fine step reaches (the full-K row equals the eval's FD)."""
+    K = len(pyramids[0])
+    out = []
+    for k in range(1, K + 1):
+        images = [vae.fhat_to_img(vae.fhat_from_pyramid(idx_list, upto=k)) for idx_list in pyramids]
+        feats_ND, _ = net.extract(images)
+        row = fd_with_replicates(net, ref, feats_ND, seed)
+        out.append({"scales": k, "fd": row[net.metric("FD")], "fd_boot": row[net.metric("FD") + "_boot"]})
+    return out
 
 
 def val_token_metrics(run_cfg: SRDDConfig, model: Any, vae: Any, batch_size: int, max_batches: int) -> dict[str, Any]:
@@ -139,8 +189,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, metavar="RUN", help="run directory (or run name under SRDD_HOME) holding model.pt")
     parser.add_argument("--samples", type=int, default=None, help="generated images (overrides eval.n_samples)")
     parser.add_argument("--val-batches", type=int, default=20, help="val pyramid batches for per-scale loss/accuracy (0 = skip)")
-    parser.add_argument("--runs-csv", default=None, help="runs table to update (default <run>/../runs.csv when it exists)")
+    parser.add_argument("--runs-csv", default=None,
+                        help="runs table to update (default <run>/../runs.csv when it exists; none = no table)")
     parser.add_argument("--refresh-reference", action="store_true", help="recompute the cached val reference features")
+    parser.add_argument("--fd-by-scales", action="store_true",
+                        help="also FD of the samples decoded from their first k scales, k = 1..K (fd_by_scales)")
 
 
 def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
@@ -148,7 +201,7 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
 
     run = resolve_run(args.run)  # first: a missing run fails before anything heavy is imported or loaded
     from analysis.metrics.networks import load_feature_net
-    from pretrain.sampling.batches import class_labels
+    from pretrain.sampling.batches import class_labels, sample_in_batches
     from pretrain.sampling.load import sampler_for
     from pretrain.tokenizer import default_tokenizer_path, tokenizer_hash
     from pretrain.train.export import load_model
@@ -165,30 +218,33 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.sample.seed)
 
     ref = val_reference(run_cfg, net, cfg.eval.batch_size, refresh=args.refresh_reference)
+    labels_N = class_labels([], n, model.num_classes)
     with torch.no_grad():
-        images = list(_sampled_images(model, vae, class_labels([], n, model.num_classes), cfg))
+        chunks = list(sample_in_batches(model, vae, labels_N, cfg.sample))
+    images = [img for img, _ in chunks]
     feats_ND, probs_NC = net.extract(images)
-    quality = quality_metrics(net, ref, feats_ND, probs_NC, cfg.eval)
+    quality = quality_metrics(net, ref, feats_ND, probs_NC, cfg.eval, labels_N.numpy(), seed=cfg.sample.seed)
+    by_scales = {}
+    if args.fd_by_scales:
+        with torch.no_grad():
+            by_scales["fd_by_scales"] = fd_by_scales(net, ref, vae, [pyr for _, pyr in chunks], cfg.sample.seed)
     fid: dict[str, float] = {}
     fid_provenance: dict[str, Any] = {}
     if cfg.eval.fid_inception:
         fid, fid_provenance = fid_inception(run_cfg, cfg, images, args.refresh_reference)
         quality |= fid
     tokens = val_token_metrics(run_cfg, model, vae, cfg.eval.batch_size, args.val_batches) if args.val_batches > 0 else {}
-    record = {"kind": "eval", "step": meta.get("step"), "n_samples": n, **quality, **tokens,
+    record = {"kind": "eval", "step": meta.get("step"), "n_samples": n, **quality, **tokens, **by_scales,
               "sampler": {k: getattr(cfg.sample, k) for k in SAMPLER_KEYS},
               "feature_net": {"name": net.name, "sha256": net.sha256}, "reference": vars(ref.provenance), **fid_provenance}
     record = json.loads(json.dumps(record, default=list))  # omegaconf lists -> plain lists
     append_jsonl(run / "metrics.jsonl", record)
     save_config(cfg, run / "eval")  # the eval's own config; the run's config.yaml stays the training one
     atomic_write_json(run / "eval" / f"step{record['step']}-{net.name}.json", record)
-    fd_name = net.metric("FD")
-    # Quality columns only: the table's val_loss stays the training run's full val pass (what the fits read).
-    columns = quality | {"fd": quality[fd_name], "fd_metric": fd_name}
-    if fid:  # the column the report plots beside fd, whichever resize eval.fid_resize named the metric after
-        columns["fid_inception"] = next(iter(fid.values()))
+    columns = runs_csv_columns(record)
     table = Path(args.runs_csv) if args.runs_csv else run.parent / "runs.csv"
-    if update_runs_csv(table, run.name, columns):
+    if args.runs_csv != "none" and update_runs_csv(table, run.name, columns):
         log.info("updated %s", table)
-    print(json.dumps({k: v for k, v in record.items() if k not in ("sampler", "reference")}, sort_keys=True))
+    print(json.dumps({k: v for k, v in record.items() if k not in ("sampler", "reference", "fd_by_scales")
+                      and not k.endswith("_boot")}, sort_keys=True))
     return 0

@@ -17,6 +17,8 @@ import pandas as pd
 from IPython.display import Image, Markdown, display
 
 from pretrain.config.fit import FitConfig
+from analysis import study as st
+from analysis.scaling.choose import choose_form
 from analysis.scaling.fit import fit_frame
 from analysis.scaling.plots import curve_axes
 from analysis.scaling.rundir import RunsDir, next_size, scaled_params
@@ -44,6 +46,14 @@ def run_label(run: str) -> tuple[str, str]:
 
 
 masks = sorted({run_label(r)[1] for r in runs})
+study_runs = st.load_runs(RUNS_DIR)
+
+
+def with_interval(mean: float, lo: float, hi: float, digits: int = 4) -> str:
+    """``mean [lo, hi]``; ``mean (no interval)`` for one seed without sample replicates."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{mean:.{digits}g} (no interval)"
+    return f"{mean:.{digits}g} [{lo:.{digits}g}, {hi:.{digits}g}]"
 
 # %% [markdown]
 # ## Training curves
@@ -92,10 +102,46 @@ else:
     display(pd.DataFrame(per_scale).T.rename(columns=lambda k: f"s{k}").round(4))
 
 # %% [markdown]
+# ## Seeds and intervals
+# Every size x mask as a mean over its training seeds with a 95% bootstrap interval that resamples
+# the seeds and, for FD, the generated images of each seed (analysis/bootstrap.py). `class_acc`: the
+# evaluation classifier's accuracy on class-conditional samples (the label each image was drawn for).
+# Below: does FD fall from each size to the next beyond its interval?
+
+# %%
+summary = st.summary(study_runs)
+if not len(summary):
+    not_available(f"no completed runs in {RUNS_DIR}/runs.csv")
+else:
+    shown = summary[["size", "mask", "n_seeds"]].copy()
+    for m in ("val_loss", "fd", "class_acc", "fid_inception"):
+        if m in summary:
+            shown[m] = [with_interval(a, b, c) if np.isfinite(a) else "" for a, b, c in
+                        zip(summary[m], summary[f"{m}_ci_low"], summary[f"{m}_ci_high"])]
+    display(shown.set_index(["size", "mask"]))
+    if "fd" in summary:
+        fig, ax = plt.subplots()
+        for mask, sub in summary.groupby("mask"):
+            err = np.vstack([sub["fd"] - sub["fd_ci_low"], sub["fd_ci_high"] - sub["fd"]])
+            ax.errorbar(sub["params"], sub["fd"], yerr=err, fmt="o-", capsize=3, label=str(mask))
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters")
+        ax.set_ylabel(f"{study_runs[0].fd_metric} (lower is better), 95% interval")
+        ax.legend()
+        plt.show()
+        trend = [row for mask in masks for row in st.size_trend(study_runs, mask, "fd")]
+        if trend:
+            display(pd.DataFrame(trend).round(4))
+
+# %% [markdown]
 # ## Scaling fits
 # Per mask: VAR's form L = (N/N_c)^-alpha and L = E + A/N^alpha on the final validation loss,
-# with bootstrap 95% intervals, and the predicted loss of the next size up (its parameter
-# count scaled from the largest run by depth^3).
+# with bootstrap 95% intervals (seeds resampled within each size when the study has several), the
+# predicted loss of the next size up (its parameter count scaled from the largest run by depth^3),
+# and which form the data calls for: the lack-of-fit F test of the pure power law against the seed
+# scatter (analysis/scaling/choose.py). Dashed: the slopes of VAR's published laws
+# L = (2.0 N)^-0.23 (last scale) and (2.5 N)^-0.20 (all scales), N in billions (arXiv 2404.02905,
+# ImageNet 256 px, reducible loss), drawn through each mask's smallest size as a reference slope only.
 
 # %%
 fits = {}
@@ -106,6 +152,13 @@ else:
     fig, ax = plt.subplots()
     for mask in masks:
         sub = table[table["mask"].astype(str) == mask] if "mask" in table.columns else table
+        if {"params", "val_loss"} <= set(sub.columns) and len(sub):
+            choice = choose_form(sub)
+            display(Markdown(f"**{mask}**: {choice.reason}"))
+            x0, y0 = float(sub["params"].min()), float(sub.loc[sub["params"].idxmin(), "val_loss"])
+            xs = np.array([x0, float(sub["params"].max())])
+            for expo in (0.23, 0.20):
+                ax.plot(xs, y0 * (xs / x0) ** -expo, "k--", lw=0.7, alpha=0.6)
         for form in ("power", "power+const"):
             cfg = FitConfig(form=form, x="params", bootstrap=BOOTSTRAP, seed=SEED)
             try:
@@ -133,40 +186,130 @@ else:
 
 # %% [markdown]
 # ## SRDD vs VAR at equal compute
-# Validation loss against training FLOPs; the table compares each mask's compute power law
-# L = (C/C_c)^-alpha at the FLOPs of every run (ratio < 1: SRDD reaches a lower loss).
+# Two FLOP columns (docs/model.md): **attended** FLOPs count only the (query, key) pairs the mask
+# allows (`flops`), **executed** FLOPs what the attention path computes (`flops_executed`). Left
+# panels: validation loss against attended FLOPs; right panels: against executed FLOPs (one row per
+# size, one line per run). Then FD of every size against its training FLOPs, attended (left) and
+# executed (right). The table reads both masks' curves at the same FLOPs (the smaller final
+# of each VAR/SRDD pair of one seed) and gives VAR - SRDD with its interval over seeds (> 0: SRDD
+# lower); FD compares runs of equal tokens, for which SRDD spends at most VAR's FLOPs in both columns.
 
 # %%
-if table is None or not {"flops", "mask"} <= set(table.columns) or not {"var", "srdd"} <= set(masks):
-    not_available("runs.csv with flops and mask columns and both var and srdd runs")
+sizes_eq = [s_ for s_ in st.sizes_of(study_runs) if st.paired(study_runs, s_)]
+if not sizes_eq:
+    not_available("VAR and SRDD runs of one size and seed with val curves")
 else:
-    compute_fits, fig = {}, plt.figure()
-    ax = fig.gca()
-    for mask in ("var", "srdd"):
-        sub = table[table["mask"] == mask]
-        try:
-            compute_fits[mask] = fit_frame(sub, FitConfig(form="power", x="flops", bootstrap=BOOTSTRAP, seed=SEED))
-        except (RunsTableError, FloatingPointError) as e:
-            not_available(f"compute fit for mask={mask}: {e}")
-            continue
-        curve_axes(ax, compute_fits[mask], validate_frame(sub, ["flops"], "runs.csv", "auto"), label=mask)
+    fig, axes = plt.subplots(len(sizes_eq), 2, figsize=(10, 3 * len(sizes_eq)), squeeze=False)
+    for row_axes, size in zip(axes, sizes_eq):
+        for ax, x in zip(row_axes, st.FLOP_COLUMNS):
+            for r in study_runs:
+                if r.size == size and len(r.curve):
+                    ax.plot(r.curve[x], r.curve["loss"], "-" if r.mask == "var" else "--", marker="o", ms=2,
+                            color="C0" if r.mask == "var" else "C1", label=f"{r.mask} seed {r.seed}")
+            ax.set_xscale("log")
+            ax.set_xlabel(st.FLOP_COLUMNS[x])
+            ax.set_ylabel(f"{size} val loss")
+            ax.legend(fontsize=6)
+    plt.tight_layout()
     plt.show()
-    if len(compute_fits) == 2:
-        C = np.sort(table["flops"].to_numpy(dtype=float))
-        L = {m: compute_fits[m].predict({"x": C}) for m in ("var", "srdd")}
-        display(pd.DataFrame({"flops": C, "L_var": L["var"], "L_srdd": L["srdd"], "srdd / var": L["srdd"] / L["var"]}).round(4))
-    # FD of the run's feature network, and FID-inception (the packaged TF-Inception port) beside it when evaluated
-    for column, label in (("fd", "FD"), ("fid_inception", "FID-inception")):
-        if column not in table.columns or table[column].isna().all():
-            continue
-        fig, ax = plt.subplots()
-        for mask, sub in table.groupby("mask"):
-            ax.plot(sub["flops"], sub[column], "o-", label=str(mask))
-        ax.set_xscale("log")
-        ax.set_xlabel("training FLOPs")
-        ax.set_ylabel(f"{label} (lower is better)")
-        ax.legend()
+    if "fd" in summary:  # FD of each size x mask (mean over seeds, 95% interval) at its training FLOPs
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
+        for ax, x in zip(axes, st.FLOP_COLUMNS):
+            for mask in masks:
+                cells = [(np.mean([getattr(r, x) for r in st.cell(study_runs, size, mask)]), row)
+                         for size in sizes_eq for _, row in summary[(summary["size"] == size) & (summary["mask"] == mask)].iterrows()]
+                if cells:
+                    xs = [c for c, _ in cells]
+                    fd = np.array([r["fd"] for _, r in cells])
+                    err = np.vstack([fd - [r["fd_ci_low"] for _, r in cells], [r["fd_ci_high"] for _, r in cells] - fd])
+                    ax.errorbar(xs, fd, yerr=err, fmt="o-", capsize=3, label=mask)
+            ax.set_xscale("log")
+            ax.set_xlabel(f"training {st.FLOP_COLUMNS[x]}")
+            ax.legend()
+        axes[0].set_ylabel("FD (lower is better), 95% interval")
         plt.show()
+    rows = []
+    for size in sizes_eq:
+        for x in st.FLOP_COLUMNS:
+            c = st.equal_compute_loss(study_runs, size, x)
+            if c:
+                rows.append({"size": size, "comparison": f"val loss at equal {x}", "var": c.var, "srdd": c.srdd,
+                             "var - srdd": with_interval(c.delta, c.ci_low, c.ci_high), "n_seeds": c.n_seeds,
+                             "where": c.detail})
+        for metric in ("fd", "fid_inception"):
+            c = st.equal_tokens(study_runs, size, metric)
+            if c:
+                rows.append({"size": size, "comparison": f"{metric} at equal tokens", "var": c.var, "srdd": c.srdd,
+                             "var - srdd": with_interval(c.delta, c.ci_low, c.ci_high), "n_seeds": c.n_seeds, "where": ""})
+    display(pd.DataFrame(rows).round(4))
+
+# %% [markdown]
+# ## Convergence
+# Training tokens and FLOPs (attended and executed) each mask needs to reach a fixed validation
+# loss: per size, the level that is `fraction` of the way from the first val record down to the
+# worst final val loss of the size's runs (1.0: every run just reaches it). Mean over seeds with
+# the interval of VAR - SRDD (> 0: SRDD gets there sooner). FD thresholds would need FD at
+# intermediate checkpoints, which the study does not evaluate.
+
+# %%
+rows = []
+for size in sizes_eq:
+    for fraction in (0.5, 0.9, 1.0):
+        for x in ("tokens", "flops", "flops_executed"):
+            c = st.convergence(study_runs, size, x, fraction)
+            if c and np.isfinite(c.ci_low):
+                rows.append({"size": size, "fraction": fraction, "threshold": c.detail, "to reach": x, "var": c.var,
+                             "srdd": c.srdd, "var - srdd": with_interval(c.delta, c.ci_low, c.ci_high),
+                             "n_seeds": c.n_seeds})
+if rows:
+    display(pd.DataFrame(rows))
+else:
+    not_available("paired VAR/SRDD val curves (train.val_every > 0)")
+
+# %% [markdown]
+# ## Compute-optimal scaling
+# The isoFLOP grid of `srdd demo --full` (DIR/isoflop/runs.csv: every size at each training-FLOP
+# budget, attended FLOPs): per mask, Hoffmann et al.'s approach 2 (a parabola in log N per budget,
+# N_opt(C) = k_N C^a, D_opt(C) = k_D C^b) and approach 3 (L = E + A/N^alpha + B/D^beta), with
+# bootstrap intervals over seeds; then SRDD's exponents minus VAR's with their intervals.
+
+# %%
+iso_path = Path(RUNS_DIR) / "isoflop" / "runs.csv"
+if not iso_path.is_file():
+    not_available(f"{iso_path} is missing (srdd demo --full runs the isoFLOP grid)")
+else:
+    from analysis.scaling.fit import param_difference
+    from analysis.scaling.plots import isoflop_axes
+
+    iso = pd.read_csv(iso_path)
+    iso_fits, rows = {}, []
+    for mask, sub in iso.groupby("mask"):
+        for form in ("isoflop", "chinchilla"):
+            try:
+                fit = fit_frame(sub, FitConfig(form=form, bootstrap=BOOTSTRAP, seed=SEED), source=f"isoflop mask={mask}")
+            except (RunsTableError, FloatingPointError) as e:
+                rows.append({"mask": mask, "form": form, "note": f"not fitted: {e}"})
+                continue
+            iso_fits[(mask, form)] = fit
+            row = {"mask": mask, "form": form}
+            for k, v in fit.params.items():
+                lo, hi = fit.intervals.get(k, (np.nan, np.nan))
+                row[k] = with_interval(v, lo, hi)
+            rows.append(row)
+            if form == "isoflop":
+                fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+                isoflop_axes(a1, a2, fit, validate_frame(sub, ["params", "tokens", "flops"], "isoflop", "auto"))
+                a1.set_title(f"mask = {mask}: L against N per budget (attended FLOPs)", fontsize=9)
+                plt.show()
+    display(pd.DataFrame(rows).set_index(["mask", "form"]))
+    diffs = []
+    for form, names in (("isoflop", ("a", "b")), ("chinchilla", ("alpha", "beta", "a", "b"))):
+        if ("var", form) in iso_fits and ("srdd", form) in iso_fits:
+            for name in names:
+                d, lo, hi = param_difference(iso_fits[("srdd", form)], iso_fits[("var", form)], name)
+                diffs.append({"form": form, "exponent": name, "srdd - var": with_interval(d, lo, hi)})
+    if diffs:
+        display(pd.DataFrame(diffs))
 
 # %% [markdown]
 # ## Sampling cost
@@ -318,3 +461,22 @@ if abl_table is not None:
         display(Markdown("\n".join(f"- {line}" for line in paper_comparison(effects, metric))))
     else:  # e.g. a partial grid (--cells): the table above is all there is
         display(Markdown("*lever effects: no two cells of the table differ in exactly one lever*"))
+
+# %% [markdown]
+# ## Claims
+# `DIR/claims.json` (`srdd claims`, schema docs/claims.schema.json): each claim's measured delta,
+# signed so that > 0 means the claim holds, with its 95% interval over seeds; the verdict follows
+# from the interval alone (reproduced: ci_low > 0, contradicted: ci_high < 0, else inconclusive;
+# not run: the study did not measure it).
+
+# %%
+claims_path = Path(RUNS_DIR) / "claims.json"
+if not claims_path.is_file():
+    not_available(f"{claims_path} is missing (run `srdd claims --study DIR`)")
+else:
+    import json
+
+    claims = pd.DataFrame(json.loads(claims_path.read_text())["claims"])
+    with pd.option_context("display.max_colwidth", 200):
+        display(claims[["claim", "metric", "var", "srdd", "delta", "ci_low", "ci_high", "n_seeds", "verdict",
+                        *(["note"] if "note" in claims else [])]])

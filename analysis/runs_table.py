@@ -1,9 +1,13 @@
 """The runs table: one CSV row per training run, what the scaling fits read (contract columns).
 
 ``run,size,mask,params,non_embedding_params,tokens,flops,train_loss,val_loss,
-val_loss_s0..val_loss_s{K-1},status``. The numbers come from the run directory (final.json, the
-last records of metrics.jsonl); ``status`` from whoever ran it: the orchestration's completion
-check (slurm.runs.run_status: completed | incomplete | failed | stale).
+val_loss_s0..val_loss_s{K-1},status``, then ``flops_executed`` (the FLOPs the attention path
+runs; ``flops`` counts attended keys only, pretrain/model/flops.py) and ``seed`` (the run's
+training seed: data order and init), then what later stages add (``srdd eval``: ``fd``,
+``fd_ci_low``/``fd_ci_high``, ``class_acc``, ...). The numbers come from the run directory
+(final.json, the last records of metrics.jsonl, config.yaml for the seed of runs whose final.json
+predates it); ``status`` from whoever ran it: the orchestration's completion check
+(slurm.runs.run_status: completed | incomplete | failed | stale).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from pretrain.outputs import atomic_write_text, read_jsonl
 
 BASE_COLUMNS = ["run", "size", "mask", "params", "non_embedding_params", "tokens", "flops",
                 "train_loss", "val_loss"]
+RUN_COLUMNS = ["flops_executed", "seed"]  # after status: every run has them (older tables may not)
 
 
 def run_row(run_dir: Path, status: str) -> dict[str, Any]:
@@ -38,14 +43,24 @@ def run_row(run_dir: Path, status: str) -> dict[str, Any]:
     for k, v in enumerate(final.get("val_loss_per_scale", last["val"].get("loss_per_scale", []))):
         row[f"val_loss_s{k}"] = v
     row["status"] = status
+    row["flops_executed"] = final.get("flops_executed", last["train"].get("flops_executed", ""))
+    row["seed"] = final.get("seed", _config_seed(run_dir))
     return row
+
+
+def _config_seed(run_dir: Path) -> Any:
+    """The ``seed`` key of the run's config.yaml ('' without one)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    return (yaml.safe_load(path.read_text()) or {}).get("seed", "") if path.is_file() else ""
 
 
 def write_runs_csv(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> Path:
     rows = list(rows)
     scale_cols = sorted({k for r in rows for k in r if k.startswith("val_loss_s")}, key=lambda k: int(k[10:]))
-    extra = sorted({k for r in rows for k in r} - set(BASE_COLUMNS) - set(scale_cols) - {"status"})
-    columns = BASE_COLUMNS + scale_cols + ["status"] + extra
+    extra = sorted({k for r in rows for k in r} - set(BASE_COLUMNS) - set(scale_cols) - {"status", *RUN_COLUMNS})
+    columns = BASE_COLUMNS + scale_cols + ["status"] + [c for c in RUN_COLUMNS if any(c in r for r in rows)] + extra
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, restval="")
     writer.writeheader()

@@ -2,6 +2,7 @@
 
     python bench/sampling.py                              # d2 and d16 (VAR's 256px config), batch 8
     python bench/sampling.py --sizes d2 --repeats 3 --json runs/bench/sampling.json
+    python bench/sampling.py --runs demo/d3-var,demo/d3-srdd --json runs/demo/bench/sampling.json   # trained models
 
 Variants, all at the same random weights per size (the cost of a pass does not depend on what
 the weights learned, except how many tokens MR selects):
@@ -14,6 +15,10 @@ the weights learned, except how many tokens MR selects):
   docs/sampling.md): one more pass per scale from the re-quantised state and, under the
   block-causal mask, the prefix keys/values that state needs, recomputed (SRDD's mask needs none).
   At random init the re-quantised tokens differ, so this is close to the worst case of that cost.
+
+``--runs``: the trained models of those runs instead (variant = the run's mask, ``run`` = its
+name), each on its own schedule with its own tokenizer and weights, no MR rows; what the study's
+claims table reads (sampling cost of the models the study trained; docs/claims.md).
 
 Per row: ``latency_s`` = the transformer's sampling loop (scale passes, draws, refinement and the
 tokenizer's f_hat updates between scales; ``sample(stats=...)["loop_s"]``), ``decode_s`` = the final
@@ -135,21 +140,49 @@ def run_once(variant: Variant, vae: MeteredTokenizer, label_B: torch.Tensor, see
     return stats
 
 
+def trained_variants(runs: Sequence[str], device: torch.device) -> tuple[list[tuple[Variant, Any]], int]:
+    """([(variant named after the run's mask, its tokenizer)], image side) of trained runs."""
+    from pretrain.sampling.load import load_for_sampling
+
+    out = []
+    for run in runs:
+        model, vae, _, run_cfg = load_for_sampling(run)
+        out.append((Variant(run_cfg.model.mask, model.to(device).eval(), None), vae.to(device).eval()))
+    vae = out[0][1]
+    return out, vae.patch_nums[-1] * vae.downsample
+
+
 def bench_size(size: str, variants: Sequence[str], batch: int, repeats: int, device: torch.device,
                warmup_batch: Optional[int] = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     vae, built, side = build_variants(size, variants, device)
-    vae = MeteredTokenizer(vae, device)
-    label_B = torch.arange(batch) % built[0].model.num_classes
-    runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in built}
+    return measure(size, [(v, vae) for v in built], side, batch, repeats, device, warmup_batch, log)
+
+
+def bench_runs(runs: Sequence[str], batch: int, repeats: int, device: torch.device,
+               warmup_batch: Optional[int] = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    built, side = trained_variants(runs, device)
+    size = built[0][0].model.depth
+    rows = measure(f"d{size}", built, side, batch, repeats, device, warmup_batch, log)
+    for row, run in zip(rows, runs):
+        row["run"] = run
+    return rows
+
+
+def measure(size: str, built: Sequence[tuple[Variant, Any]], side: int, batch: int, repeats: int, device: torch.device,
+            warmup_batch: Optional[int] = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Rows of the variants (each with its tokenizer), timed interleaved: one warm-up, then ``repeats`` rounds."""
+    metered = [(v, MeteredTokenizer(vae, device)) for v, vae in built]
+    label_B = torch.arange(batch) % built[0][0].model.num_classes
+    runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v, _ in built}
     for r in range(repeats + 1):  # r = 0 is the untimed warm-up
-        for v in built:
+        for v, vae in metered:
             stats = run_once(v, vae, label_B[:warmup_batch] if r == 0 else label_B, seed=r)
             if r:
                 runs[v.name].append(stats)
             log(f"  {size} {v.name:11} {'warm-up' if not r else f'repeat {r}'}: loop {stats['loop_s']:.3f}s "
                 f"decode {stats['decode_s']:.3f}s")
     rows = []
-    for v in built:
+    for v, _ in built:
         stats = runs[v.name]
         last = stats[-1]
         rows.append({"variant": v.name, "size": size, "batch": batch, "resolution": side,
@@ -166,8 +199,8 @@ def bench_size(size: str, variants: Sequence[str], batch: int, repeats: int, dev
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``*_ratio_vs_var``: each row over the var-10 row of its size (None if var-10 was not run)."""
-    base = {r["size"]: r for r in rows if r["variant"] == "var-10"}
+    """``*_ratio_vs_var``: each row over the var-10 (trained runs: var) row of its size (None if it was not run)."""
+    base = {r["size"]: r for r in rows if r["variant"] in ("var-10", "var")}
     for r in rows:
         b = base.get(r["size"])
         for key, col in (("latency_ratio_vs_var", "latency_s"), ("kv_ratio_vs_var", "kv_cache_bytes_peak"),
@@ -205,6 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="d2,d16", help="comma-separated rows of pretrain/sizes.py")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    p.add_argument("--runs", default="", help="comma-separated trained runs (names under SRDD_HOME) instead of --sizes/--variants")
     p.add_argument("--batch", type=int, default=8, help="images per sampler call")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per variant (median reported), after 1 warm-up")
     p.add_argument("--warmup-batch", type=int, default=None,
@@ -223,7 +257,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"device {device}, torch threads {threads}, batch {args.batch}, repeats {args.repeats} "
           f"(+1 warm-up at batch {args.warmup_batch or args.batch})")
     rows = []
-    for size in [s for s in args.sizes.split(",") if s]:
+    trained = [r for r in args.runs.split(",") if r]
+    if trained:
+        rows = bench_runs(trained, args.batch, args.repeats, device, args.warmup_batch)
+    for size in [s for s in args.sizes.split(",") if s and not trained]:
         rows += bench_size(size, variants, args.batch, args.repeats, device, args.warmup_batch)
     for r in rows:
         r.update(device=str(device), threads=threads)

@@ -46,6 +46,8 @@ STAGES: dict[str, Stage] = {
     "fid": Stage("analysis.fid", "FID-inception between two image sets (sources or samples.npz)  [analysis/fid.py]"),
     "fit": Stage("analysis.scaling.cli", "fit scaling laws to a runs table  [analysis/scaling/cli.py]"),
     "report": Stage("analysis.report", "execute the report notebook into HTML  [analysis/report.py]"),
+    "claims": Stage("analysis.claims", "the claims table (claims.json, verdicts from intervals) of a study directory  [analysis/claims.py]"),
+    "sweep": Stage("slurm.sweep", "sizes x budgets (or an isoFLOP grid) x masks x seeds, then the runs table  [slurm/sweep.py]"),
     "ablate": Stage("slurm.ablate", "run the Laplacian-pyramid 2x2x2 ablation grid  [slurm/ablate.py]"),
     "demo": Stage("slurm.demo", "the whole study end to end on the embedded default (--dataset cifar10 | fashion-mnist)  [slurm/demo.py]"),
 }

@@ -2,9 +2,16 @@
 (``--dataset cifar10`` / ``fashion-mnist``: the same study on natural images, see DATASETS).
 
 Image shards -> tokenizer training -> pyramid precompute -> feature network -> a family
-of tiny sizes x {var, srdd} masks at one token budget -> distilled schedule -> samples
-with and without refinement, one inpainting -> evaluation -> refinement at equal sampling
-FLOPs -> scaling fits -> sampling-cost bench -> executed HTML report.
+of tiny sizes x {var, srdd} masks x training seeds at one token budget -> distilled schedule ->
+samples with and without refinement, one inpainting -> evaluation (FD with bootstrap intervals,
+class accuracy of the samples) -> refinement at equal sampling FLOPs -> sampling-cost bench on the
+trained models -> scaling fits -> the claims table (claims.json) -> executed HTML report.
+
+Three budgets (MODES): ``srdd demo`` (``make demo``) is the quick study, sized to stay under ~25
+minutes on 2 idle cores; ``--full`` adds seeds and sizes, an isoFLOP grid per mask and the
+ablation grid (a few hours on 2 cores, resumable; minutes on a cluster with
+``slurm.enabled=true``); ``--quick`` is the minutes-scale smoke run of the tests. Flags given
+explicitly (``--sizes``, ``--seeds``, ``--tokens``, ``--eval-samples``) win over the mode's.
 
 Every stage runs as its own ``srdd`` subprocess (the same entry points a cluster job
 uses), so a crash in one stage cannot poison the next, and each stage is skipped when
@@ -18,6 +25,8 @@ Dotlist overrides given to ``srdd demo`` are passed on to every stage.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import shlex
@@ -38,8 +47,39 @@ log = logging.getLogger("srdd.demo")
 
 # Tiny transformers need a far larger lr than VAR's 1e-4 * batch/256 to learn in a few
 # hundred steps; these are the demo's training defaults (user overrides come after them).
-TRAIN_DEFAULTS = ["train.batch_size=32", "train.lr_peak=2e-3", "train.warmup_frac=0.1",
+# train.val_every is set per run (VAL_POINTS validation records along each run: the curves the
+# equal-compute and convergence comparisons read, analysis/study.py).
+TRAIN_DEFAULTS = ["train.batch_size=32", "train.lr_peak=3e-3", "train.warmup_frac=0.1",
                   "train.val_every=0", "train.ckpt_every=50", "train.log_every=10"]
+VAL_POINTS = 8
+EVAL_BATCH = 100  # images per sampler call in the evals (the sampler's per-call overhead dominates at 16)
+# Local training runs at a time, one thread each: tiny models use two cores better as two
+# processes than as two threads of one (small matmuls, per-step Python and norms do not split).
+LOCAL_JOBS = max(1, min(os.cpu_count() or 1, 4))
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A study budget: the defaults of the flags the user did not give."""
+
+    sizes: str
+    seeds: str
+    tokens: float
+    eval_samples: int | None  # None: the dataset's (DemoDataset.eval_samples)
+    isoflop_budgets: tuple[float, ...] = ()  # training FLOPs of the isoFLOP grid (attended, pretrain/model/flops.py)
+    isoflop_seeds: str = "0"
+    ablation: tuple[str, ...] = ()  # `srdd ablate` overrides; empty = no ablation grid
+
+
+# The quick study (make demo): three sizes so that FD can fall with size and the offset form can be
+# tested, two seeds of every cell for intervals, 1M tokens (241 steps of 32 images: d3 reaches the
+# val loss at which d2 samples 88% recognisable digits, measured), 300 samples per evaluation.
+MODES = {
+    "quick": Mode("d1,d2,d3,d4", "0", 4e5, None),
+    "demo": Mode("d1,d2,d3", "0,1", 1e6, 300),
+    "full": Mode("d1,d2,d3,d4", "0,1,2", 4e6, 1000, isoflop_budgets=(3e12, 1e13, 3e13), isoflop_seeds="0,1",
+                 ablation=("model.size=d2", "train.tokens=2000000")),
+}
 
 CIFAR_ENV = "SRDD_CIFAR10_DIR"  # --dataset cifar10 reads this directory (cifar10:DIR layout, docs/data.md) unless data.source is given
 
@@ -60,8 +100,16 @@ class DemoDataset:
 # eval; 300 samples per eval, since each costs ~0.5 s in the Inception network on 2 cores.
 _NATURAL = ("data.limit=6000", "tokenizer.steps=600", "tokenizer.disc_start=300", "tokenizer.lpips=alex",
             "eval.fid_inception=true")
+# The sampler of every stage: the tiny models leave mass on implausible codes, which truncation
+# (top 50 of the 512 codes, ~10%, as VAR's top-900 of 4096 is ~22%) and a stronger guidance cut
+# (measured on d2 after 400 steps, 500 samples: FD-mnist-cnn 11.4 -> 6.3, class accuracy 0.59 ->
+# 0.88 against VAR's cfg 1.5 without truncation; docs/claims.md).
+SAMPLER_DEFAULTS = ("sample.cfg=3.0", "sample.top_k=50")
+
 DATASETS = {
-    "mnist": DemoDataset(),
+    # 300 tokenizer steps: PSNR 22.5 dB and the eval classifier reads 97% of the val reconstructions
+    # correctly (98% of the originals): more steps buy the study nothing it measures
+    "mnist": DemoDataset(("tokenizer.steps=300",)),
     "cifar10": DemoDataset(_NATURAL, ("tokenizer.disc_start=15",), 300),  # data.source from $SRDD_CIFAR10_DIR
     "fashion-mnist": DemoDataset(("data.source=fashion-mnist", *_NATURAL), ("tokenizer.disc_start=15",), 300),
 }
@@ -70,13 +118,17 @@ DATASETS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS),
                         help="mnist (embedded) | cifar10 ($SRDD_CIFAR10_DIR or data.source=cifar10:DIR) | fashion-mnist (Debian package)")
-    parser.add_argument("--sizes", default="d1,d2,d3,d4", help="comma-separated rows of pretrain/sizes.py")
+    parser.add_argument("--sizes", default=None, help="comma-separated rows of pretrain/sizes.py (default: the mode's)")
     parser.add_argument("--masks", default="var,srdd", help="comma-separated mask presets")
-    parser.add_argument("--tokens", type=float, default=4e5, help="token budget of every training run")
-    parser.add_argument("--eval-samples", type=int, default=None, help="generated images per evaluation (500; 300 for natural images)")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated training seeds of every size x mask (data order and init; default: the mode's)")
+    parser.add_argument("--tokens", type=float, default=None, help="token budget of every training run (default: the mode's)")
+    parser.add_argument("--eval-samples", type=int, default=None, help="generated images per evaluation (default: the mode's)")
     parser.add_argument("--study", default=None, help="study directory under SRDD_HOME (demo, or demo-<dataset>)")
     parser.add_argument("--quick", action="store_true",
                         help="minutes-scale smoke run (tiny budgets everywhere), for tests")
+    parser.add_argument("--full", action="store_true",
+                        help="the whole study: more seeds, the isoFLOP grid per mask, the ablation grid (hours on 2 cores)")
 
 
 @dataclass
@@ -91,18 +143,22 @@ class Study:
     slurm: bool
     overrides: list[str]
     quick: bool
-    summary: list[tuple[str, str, float]] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    mode: Mode = MODES["demo"]
+    summary: list[tuple[str, str, float, float, float]] = field(default_factory=list)  # stage, status, s, cpu s, load
 
     @property
     def root(self) -> Path:
         return home_dir() / self.name
 
-    def run(self, size: str, mask: str) -> str:
-        return f"{self.name}/{size}-{mask}"
+    def run(self, size: str, mask: str, seed: int = 0) -> str:
+        from slurm.runs import seeded_run_name
+
+        return seeded_run_name(f"{self.name}/{size}-{mask}", seed)
 
     @property
     def runs(self) -> list[str]:
-        return [self.run(s, m) for s in self.sizes for m in self.masks]
+        return [self.run(s, m, seed) for s in self.sizes for m in self.masks for seed in self.seeds]
 
     @property
     def study_size(self) -> str:
@@ -118,6 +174,27 @@ def _srdd(study: Study, stage: str, *args: str) -> None:
     """Run one ``srdd`` stage as a subprocess with the study's overrides appended last."""
     cmd = [sys.executable, "-m", "pretrain.cli", stage, *args, *study.overrides]
     _run(cmd)
+
+
+def _srdd_many(study: Study, stage_args: list[list[str]]) -> None:
+    """Several ``srdd`` stage commands, LOCAL_JOBS at a time with one thread each (independent
+    evaluations: like the training runs, they use the cores better side by side)."""
+    cmds = [[sys.executable, "-m", "pretrain.cli", *args, *study.overrides] for args in stage_args]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // LOCAL_JOBS))}
+    running: list[tuple[list[str], subprocess.Popen]] = []
+    failed: list[str] = []
+    while cmds or running:
+        while cmds and len(running) < LOCAL_JOBS:
+            cmd = cmds.pop(0)
+            log.info("$ %s", shlex.join(cmd))
+            running.append((cmd, subprocess.Popen(cmd, cwd=REPO, env=env)))
+        time.sleep(0.5)
+        for cmd, proc in [r for r in running if r[1].poll() is not None]:
+            running.remove((cmd, proc))
+            if proc.returncode:
+                failed.append(f"(exit {proc.returncode}) {shlex.join(cmd)}")
+    if failed:
+        raise SystemExit("srdd demo: stage command(s) failed: " + "; ".join(failed))
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None) -> None:
@@ -169,23 +246,28 @@ def stage_eval_net(study: Study, cfg: SRDDConfig) -> bool:
     return True
 
 
-def train_config(study: Study, size: str, mask: str) -> SRDDConfig:
+def train_config(study: Study, size: str, mask: str, seed: int = 0) -> SRDDConfig:
     """One training run of the study: the demo's defaults, one rank (on the local cluster a job
-    takes one CPU, so two run side by side), then the user's overrides."""
+    takes one CPU, so two run side by side), VAL_POINTS validation passes along the run, then the
+    user's overrides. Seeds differ in ``seed`` and ``run_name`` only."""
+    from pretrain.train.budget import tokens_per_sample, total_steps
+
     cluster = ["slurm.cpus_per_task=1"] if study.slurm else []
-    return load_config(overrides=[*TRAIN_DEFAULTS, "slurm.ranks_per_node=1", *cluster, f"run_name={study.run(size, mask)}",
-                                  f"model.size={size}", f"model.mask={mask}", f"train.tokens={study.tokens}",
-                                  *study.overrides])
+    overrides = [*TRAIN_DEFAULTS, "slurm.ranks_per_node=1", *cluster, f"run_name={study.run(size, mask, seed)}",
+                 f"model.size={size}", f"model.mask={mask}", f"train.tokens={study.tokens}", f"seed={seed}"]
+    cfg = load_config(overrides=[*overrides, *study.overrides])
+    steps = total_steps(cfg.train, tokens_per_sample(cfg.tokenizer.patch_nums))
+    return load_config(overrides=[*overrides, f"train.val_every={max(1, steps // VAL_POINTS)}", *study.overrides])
 
 
 def stage_train(study: Study, cfg: SRDDConfig) -> bool:
-    """Every size x mask through the one submit function (slurm/runs.py), then ``runs.csv``."""
+    """Every size x mask x seed through the one submit function (slurm/runs.py), then ``runs.csv``."""
     from analysis.runs_table import run_row, write_runs_csv
     from slurm.runs import COMPLETED, run_status, train_runs
 
-    cfgs = [train_config(study, s, m) for s in study.sizes for m in study.masks]
+    cfgs = [train_config(study, s, m, seed) for s in study.sizes for m in study.masks for seed in study.seeds]
     todo = [c.run_name for c in cfgs if run_status(run_dir(c), c) != COMPLETED]
-    statuses = train_runs(cfgs, timeout_s=3 * 3600)
+    statuses = train_runs(cfgs, timeout_s=3 * 3600, local_jobs=LOCAL_JOBS)
     write_runs_csv(study.root / "runs.csv", [run_row(run_dir(c), statuses[c.run_name]) for c in cfgs])
     failed = {run: status for run, status in statuses.items() if status != COMPLETED}
     if failed:
@@ -267,14 +349,26 @@ def stage_samples(study: Study, cfg: SRDDConfig) -> bool:
 
 
 def stage_eval(study: Study, cfg: SRDDConfig) -> bool:
-    ran = False
+    """Every run: FD (+ bootstrap replicates), class accuracy, ...; the largest size also FD against
+    the number of scales decoded (the coarse-to-fine claim). The training runs' own final val pass
+    is the val loss, so no extra val batches here."""
+    todo = [run for run in study.runs if not list((home_dir() / run / "eval").glob("*.json"))]
+    _srdd_many(study, [["eval", "--run", run, "--samples", str(study.eval_samples), "--val-batches", "0", "--runs-csv", "none",
+                        f"sample.batch_size={EVAL_BATCH}",
+                        *(["--fd-by-scales"] if run.split("/")[-1].startswith(f"{study.sizes[-1]}-") else [])]
+                       for run in todo])
+    # one writer of runs.csv: the evals ran side by side, so their columns are added here
+    _eval_columns_to_runs_csv(study)
+    return bool(todo)
+
+
+def _eval_columns_to_runs_csv(study: Study) -> None:
+    from analysis.evaluate import runs_csv_columns, update_runs_csv
+
     for run in study.runs:
-        if list((home_dir() / run / "eval").glob("*.json")):
-            continue
-        _srdd(study, "eval", "--run", run, "--samples", str(study.eval_samples),
-              "--runs-csv", str(study.root / "runs.csv"))
-        ran = True
-    return ran
+        records = sorted((home_dir() / run / "eval").glob("step*.json"))
+        if records:
+            update_runs_csv(study.root / "runs.csv", run.split("/")[-1], runs_csv_columns(json.loads(records[-1].read_text())))
 
 
 # The demo's refinement study: one one-pass candidate besides the defaults (the MR-equivalent that
@@ -301,22 +395,87 @@ def stage_refinement(study: Study, cfg: SRDDConfig) -> bool:
 
 
 def stage_bench(study: Study, cfg: SRDDConfig) -> bool:
+    """Sampling latency, FLOPs and KV memory of the largest trained VAR and SRDD models (seed 0)."""
     out = study.root / "bench" / "sampling.json"
     if out.exists():
         return False
-    size_args = ["--sizes", "d1", "--batch", "2", "--repeats", "1"] if study.quick else ["--sizes", "d2", "--repeats", "3"]
-    _run([sys.executable, "-m", "bench.sampling", *size_args, "--json", str(out)])
+    runs = [study.run(study.sizes[-1], m) for m in ("var", "srdd") if m in study.masks]
+    repeats = ["--batch", "2", "--repeats", "2"] if study.quick else ["--batch", "8", "--repeats", "5"]
+    _run([sys.executable, "-m", "bench.sampling", "--runs", ",".join(runs), *repeats, "--json", str(out)])
+    return True
+
+
+def stage_isoflop(study: Study, cfg: SRDDConfig) -> bool:
+    """--full: the isoFLOP grid (every size at each FLOP budget, per mask and seed) through the sweep."""
+    from slurm.sweep import grid, run_sweep
+
+    budgets = study.mode.isoflop_budgets
+    if not budgets:
+        return False
+    seeds = [int(x) for x in study.mode.isoflop_seeds.split(",")]
+    base = [*TRAIN_DEFAULTS, "slurm.ranks_per_node=1", "train.val_every=0", *study.overrides]
+    cfgs = grid(f"{study.name}/isoflop", study.sizes, study.masks, [], budgets, base, seeds)
+    table = study.root / "isoflop" / "runs.csv"
+    rows = run_sweep(cfgs, table, timeout_s=24 * 3600, local_jobs=LOCAL_JOBS)
+    failed = [r["run"] for r in rows if r["status"] != "completed"]
+    if failed:
+        raise SystemExit(f"srdd demo: isoFLOP runs did not complete: {failed}")
+    return True
+
+
+def stage_ablation(study: Study, cfg: SRDDConfig) -> bool:
+    """--full: Hong & Belkadi's 2x2x2 grid (slurm/ablate.py) into <study>/ablation/."""
+    if not study.mode.ablation or (study.root / "ablation" / "ablation.csv").exists():
+        return False
+    _srdd(study, "ablate", f"run_name={study.name}", *TRAIN_DEFAULTS, *study.mode.ablation,
+          "--fd-samples", str(study.eval_samples))
     return True
 
 
 def stage_fit(study: Study, cfg: SRDDConfig) -> bool:
-    """Power law L(N) per mask (the demo has one token budget, so N is the only axis)."""
-    table = pd.read_csv(study.root / "runs.csv")
-    for mask, rows in table.groupby("mask"):
-        path = study.root / "fits" / f"runs_{mask}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows.to_csv(path, index=False)
-        _srdd(study, "fit", "--runs", str(path), "--form", "power", "--out", str(path.with_name(f"power_{mask}.json")))
+    """Per mask: L(N) at the study's token budget, the pure power law and the offset form when the
+    data calls for it (analysis/scaling/choose.py, its reason in ``fits/form_<mask>.json``); with
+    --full also Chinchilla and isoFLOP fits of the isoFLOP grid. Seeds repeat a size: the bootstraps
+    resample them (analysis/scaling/fit.py). In this process (`srdd fit`'s own function); a form the
+    data cannot support is noted in ``fits/notes.json``, not fatal: the report says so too."""
+    from analysis.scaling.choose import choose_form
+    from analysis.scaling.cli import fit_config, fit_to_files
+    from analysis.scaling.table import RunsTableError
+    from pretrain.outputs import atomic_write_json
+
+    fits = study.root / "fits"
+    fits.mkdir(parents=True, exist_ok=True)
+    base = fit_config(cfg, argparse.Namespace())
+    notes: dict[str, str] = {}
+
+    def fit(path: Path, form: str, out: str) -> None:
+        try:
+            fit_to_files(path, dataclasses.replace(base, form=form), fits / out)
+        except (RunsTableError, FloatingPointError) as err:
+            notes[out] = str(err)
+
+    tables = [("", study.root / "runs.csv", ("power",))]
+    if (study.root / "isoflop" / "runs.csv").exists():
+        tables.append(("isoflop_", study.root / "isoflop" / "runs.csv", ("chinchilla", "isoflop")))
+    for prefix, table_path, forms in tables:
+        for mask, rows in pd.read_csv(table_path).groupby("mask"):
+            path = fits / f"{prefix}runs_{mask}.csv"
+            rows.to_csv(path, index=False)
+            chosen = list(forms)
+            if not prefix:
+                choice = choose_form(rows)
+                atomic_write_json(fits / f"form_{mask}.json", {"form": choice.form, "reason": choice.reason,
+                                                               "p_value": choice.p_value})
+                chosen += [choice.form] if choice.form != "power" else []
+            for form in chosen:
+                fit(path, form, f"{form.replace('+', '_')}_{mask}.json")
+    atomic_write_json(fits / "notes.json", notes)
+    return True
+
+
+def stage_claims(study: Study, cfg: SRDDConfig) -> bool:
+    """claims.json: every claim's verdict from the intervals of what the study ran (analysis/claims.py)."""
+    _srdd(study, "claims", "--study", str(study.root))
     return True
 
 
@@ -338,14 +497,17 @@ STAGES: list[tuple[str, str, Callable[[Study, SRDDConfig], bool]]] = [
     ("samples", "samples with/without refinement, inpainting", stage_samples),
     ("eval", "FD / IS / precision-recall (+ FID-inception) per run", stage_eval),
     ("refine", "refinement vs the best one-pass sampler at equal sampling FLOPs", stage_refinement),
-    ("bench", "sampling cost: var vs srdd vs distilled", stage_bench),
-    ("fit", "power-law fits per mask", stage_fit),
+    ("bench", "sampling cost of the trained var and srdd models", stage_bench),
+    ("isoflop", "--full: isoFLOP grid per mask (compute-optimal N and D)", stage_isoflop),
+    ("ablation", "--full: the 2x2x2 Laplacian-pyramid ablation grid", stage_ablation),
+    ("fit", "scaling fits per mask (power / offset form, Chinchilla + isoFLOP with --full)", stage_fit),
+    ("claims", "the claims table: verdicts from the intervals", stage_claims),
     ("report", "executed HTML report", stage_report),
 ]
 
 
 def study_overrides(dataset: str, quick: bool, user: list[str]) -> list[str]:
-    """What every stage gets: the dataset's settings, then --quick's toy budgets, then the user's."""
+    """What every stage gets: the demo's sampler, the dataset's settings, then --quick's toy budgets, then the user's."""
     preset = DATASETS[dataset]
     source = []
     if dataset == "cifar10" and not any(o.startswith("data.source=") for o in user):
@@ -354,36 +516,65 @@ def study_overrides(dataset: str, quick: bool, user: list[str]) -> list[str]:
             raise SystemExit(f"srdd demo --dataset cifar10: set {CIFAR_ENV} to the CIFAR-10 directory (train.tar.gz + "
                              f"test.tar.gz, docs/data.md) or pass data.source=cifar10:DIR (got {CIFAR_ENV}={directory!r})")
         source = [f"data.source=cifar10:{directory}"]
-    return [*source, *preset.overrides, *_quick_overrides(quick), *(preset.quick_overrides if quick else ()), *user]
+    return [*SAMPLER_DEFAULTS, *source, *preset.overrides, *_quick_overrides(quick),
+            *(preset.quick_overrides if quick else ()), *user]
+
+
+def _csv(text: str) -> list[str]:
+    return [x for x in text.split(",") if x]
+
+
+def make_study(args: argparse.Namespace, cfg: SRDDConfig, overrides: list[str]) -> Study:
+    """The study the flags ask for: explicit flags, else the mode's budget (MODES)."""
+    dataset = getattr(args, "dataset", "mnist")
+    quick = getattr(args, "quick", False)
+    mode = MODES["full" if getattr(args, "full", False) else "quick" if quick else "demo"]
+    if quick and getattr(args, "full", False):  # the full study's structure at toy budgets (tests)
+        mode = dataclasses.replace(mode, tokens=8000, isoflop_budgets=(2e8, 6e8, 2e9), isoflop_seeds="0",
+                                   ablation=("model.size=d1", "train.tokens=4000"))
+    pick = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)  # noqa: E731
+    return Study(
+        name=getattr(args, "study", None) or ("demo" if dataset == "mnist" else f"demo-{dataset}"),
+        sizes=_csv(pick("sizes", mode.sizes)),
+        masks=_csv(getattr(args, "masks", "var,srdd")),
+        tokens=int(pick("tokens", mode.tokens)),
+        eval_samples=pick("eval_samples", mode.eval_samples) or DATASETS[dataset].eval_samples,
+        slurm=cfg.slurm.enabled,
+        overrides=overrides,
+        quick=quick,
+        seeds=[int(x) for x in _csv(pick("seeds", mode.seeds))],
+        mode=mode,
+    )
+
+
+def _children_cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     dataset = getattr(args, "dataset", "mnist")
     overrides = study_overrides(dataset, getattr(args, "quick", False), list(getattr(args, "overrides", [])))
     cfg = load_config(getattr(args, "config", None), overrides)  # the stages' view: paths follow the dataset
-    study = Study(
-        name=getattr(args, "study", None) or ("demo" if dataset == "mnist" else f"demo-{dataset}"),
-        sizes=[s for s in getattr(args, "sizes", "d1,d2,d3,d4").split(",") if s],
-        masks=[m for m in getattr(args, "masks", "var,srdd").split(",") if m],
-        tokens=int(getattr(args, "tokens", 4e5)),
-        eval_samples=getattr(args, "eval_samples", None) or DATASETS[dataset].eval_samples,
-        slurm=cfg.slurm.enabled,
-        overrides=overrides,
-        quick=getattr(args, "quick", False),
-    )
+    study = make_study(args, cfg, overrides)
     if "srdd" not in study.masks:
         raise SystemExit("srdd demo: --masks must include srdd (the distillation and editing stages use it)")
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), _children_cpu_s()
     for name, what, fn in STAGES:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _children_cpu_s()
         log.info("demo stage %s: %s", name, what)
         status = "done" if fn(study, cfg) else "skipped (complete)"
-        seconds = time.perf_counter() - t0
-        study.summary.append((name, status, seconds))
-        print(f"[demo] {name:<10} {status:<20} {seconds:8.1f} s", flush=True)
-    print(f"\n{'stage':<10} {'status':<20} {'time_s':>8}")
-    for name, status, seconds in study.summary:
-        print(f"{name:<10} {status:<20} {seconds:8.1f}")
-    print(f"{'total':<10} {'':<20} {time.perf_counter() - t_start:8.1f}")
+        seconds, cpu_s = time.perf_counter() - t0, _children_cpu_s() - cpu0
+        study.summary.append((name, status, seconds, cpu_s, os.getloadavg()[0]))
+        print(f"[demo] {name:<10} {status:<20} {seconds:8.1f} s  cpu {cpu_s:8.1f} s  load {os.getloadavg()[0]:.1f}", flush=True)
+    # cpu_s: CPU seconds of the stage's subprocesses (user + system): what the stage costs whatever else
+    # shares the machine; load: the 1-minute load average when it ended (above the core count, the
+    # wall times are stretched by other processes).
+    print(f"\n{'stage':<10} {'status':<20} {'time_s':>8} {'cpu_s':>8} {'load':>5}")
+    for name, status, seconds, cpu_s, load in study.summary:
+        print(f"{name:<10} {status:<20} {seconds:8.1f} {cpu_s:8.1f} {load:5.1f}")
+    print(f"{'total':<10} {'':<20} {time.perf_counter() - t_start:8.1f} {_children_cpu_s() - cpu_start:8.1f}")
     print(f"report: {study.root / 'report.html'}")
     return 0

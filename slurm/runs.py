@@ -47,6 +47,11 @@ LAUNCHERS = ("local", "sbatch", "submitit")
 TRAIN_SCRIPT = REPO / "slurm" / "train_size.sh"
 
 
+def seeded_run_name(run_name: str, seed: int) -> str:
+    """A run's name at training seed ``seed``: unchanged for seed 0 (the single-seed name), else ``-seed<S>``."""
+    return run_name if seed == 0 else f"{run_name}-seed{seed}"
+
+
 # ---- is a run complete? -------------------------------------------------------------------------
 def run_status(run: Path, cfg: SRDDConfig | None = None) -> str:
     """The state of a run directory, from what the training harness leaves in it.
@@ -234,19 +239,20 @@ def resolve_launcher(cfg: SRDDConfig, launcher: str | None = None) -> str:
     return launcher
 
 
-def submit_run(cfg: SRDDConfig, launcher: str | None = None) -> RunJob:
+def submit_run(cfg: SRDDConfig, launcher: str | None = None, env: dict[str, str] | None = None) -> RunJob:
     """Start cfg's training run and return at once (see the module docstring for the launchers).
 
     launcher: local | sbatch | submitit; default ``slurm.launcher`` when ``slurm.enabled``, else local.
     Logs: local runs write to this process's stdout/stderr; sbatch to ``<run>/slurm-<job>.out``;
-    submitit to ``<run>/submitit/<job>_0_log.{out,err}``.
+    submitit to ``<run>/submitit/<job>_0_log.{out,err}``. ``env``: extra environment of a local run.
     """
     launcher = resolve_launcher(cfg, launcher)
     overrides = config_overrides(cfg)
     run = run_dir(cfg)
     run.mkdir(parents=True, exist_ok=True)
     if launcher == "local":
-        job = LocalRunJob(cfg, launcher, "", None, command=local_command(cfg, overrides), env=_child_env()).start()
+        job = LocalRunJob(cfg, launcher, "", None, command=local_command(cfg, overrides),
+                          env={**_child_env(), **(env or {})}).start()
     elif launcher == "sbatch":
         cluster = LocalCluster.from_env()
         job_id = cluster.sbatch(TRAIN_SCRIPT, cfg.model.size, *overrides, wait=False, env=_child_env(),
@@ -301,12 +307,17 @@ def train_job(overrides: list[str], srdd_home: str) -> dict[str, str]:
 
 
 # ---- waiting ------------------------------------------------------------------------------------
-def wait_runs(jobs: Sequence[RunJob], timeout_s: float, poll_s: float = 2.0) -> dict[str, str]:
-    """Block until every job has ended; return ``{run_name: run_status}``. A run that did not
-    complete is logged with its job's state and log. TimeoutError names the unfinished jobs."""
+def wait_runs(jobs: Sequence[RunJob], timeout_s: float, poll_s: float = 2.0, queue: Sequence[SRDDConfig] = (),
+              slots: int = 1, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Block until every job has ended, starting the ``queue`` of local runs as they go (at most
+    ``slots`` of them running at once, with ``env``); return ``{run_name: run_status}``. A run that
+    did not complete is logged with its job's state and log. TimeoutError names the unfinished jobs."""
     deadline = time.monotonic() + timeout_s
-    pending = list(jobs)
-    while pending:
+    pending, queue, started = list(jobs), list(queue), []
+    while pending or queue:
+        while queue and sum(job.launcher == "local" for job in pending) < slots:
+            started.append(submit_run(queue.pop(0), "local", env=env))
+            pending.append(started[-1])
         pending = [job for job in pending if not job.done()]
         if pending and time.monotonic() > deadline:
             raise TimeoutError(f"{len(pending)} training run(s) unfinished after {timeout_s:.0f} s: " +
@@ -314,7 +325,7 @@ def wait_runs(jobs: Sequence[RunJob], timeout_s: float, poll_s: float = 2.0) -> 
         if pending:
             time.sleep(poll_s)
     statuses = {}
-    for job in jobs:
+    for job in [*jobs, *started]:
         statuses[job.cfg.run_name] = status = run_status(job.run, job.cfg)
         if status != COMPLETED:
             log.error("run %s is %s: %s", job.cfg.run_name, status, job.describe())
@@ -322,16 +333,26 @@ def wait_runs(jobs: Sequence[RunJob], timeout_s: float, poll_s: float = 2.0) -> 
 
 
 def train_runs(cfgs: Sequence[SRDDConfig], timeout_s: float, launcher: str | None = None,
-               poll_s: float = 2.0) -> dict[str, str]:
+               poll_s: float = 2.0, local_jobs: int = 1) -> dict[str, str]:
     """Bring every run of cfgs to completion: completed runs are skipped, the others submitted
-    (continued from their checkpoints). Cluster runs are all submitted at once; local runs go one
-    after another (they share this machine). Returns ``{run_name: run_status}`` of every run."""
+    (continued from their checkpoints). Cluster runs are all submitted at once; local runs share
+    this machine: one after another by default, else ``local_jobs`` at a time, the most expensive
+    (depth^3 x steps) first so that they end together, each with OMP_NUM_THREADS = cores /
+    local_jobs unless the environment sets it. Returns ``{run_name: run_status}`` of every run."""
+    from pretrain.sizes import SIZES
+    from pretrain.train.budget import tokens_per_sample, total_steps
+
+    def cost(cfg: SRDDConfig) -> float:
+        return SIZES[cfg.model.size].depth ** 3 * total_steps(cfg.train, tokens_per_sample(cfg.tokenizer.patch_nums))
+
     todo = [cfg for cfg in cfgs if run_status(run_dir(cfg), cfg) != COMPLETED]
     on_cluster = [submit_run(cfg, launcher) for cfg in todo if resolve_launcher(cfg, launcher) != "local"]
-    for cfg in todo:
-        if resolve_launcher(cfg, launcher) == "local":
-            wait_runs([submit_run(cfg, "local")], timeout_s, poll_s)
-    wait_runs(on_cluster, timeout_s, poll_s)
+    local = [cfg for cfg in todo if resolve_launcher(cfg, launcher) == "local"]
+    env = None
+    if local_jobs > 1:
+        local.sort(key=cost, reverse=True)
+        env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // local_jobs))}
+    wait_runs(on_cluster, timeout_s, poll_s, queue=local, slots=max(1, local_jobs), env=env)
     return {cfg.run_name: run_status(run_dir(cfg), cfg) for cfg in cfgs}
 
 

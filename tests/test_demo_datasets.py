@@ -21,7 +21,9 @@ def test_cifar10_study_settings_and_precedence(tmp_path, monkeypatch):
 def test_fashion_mnist_and_mnist_settings():
     fashion = load_config(overrides=demo.study_overrides("fashion-mnist", quick=False, user=[]))
     assert fashion.data.source == "fashion-mnist" and fashion.eval.fid_inception
-    assert demo.study_overrides("mnist", quick=False, user=["x=1"]) == ["x=1"]  # the MNIST study is unchanged
+    mnist = demo.study_overrides("mnist", quick=False, user=["x=1"])
+    assert mnist == [*demo.SAMPLER_DEFAULTS, "tokenizer.steps=300", "x=1"]  # the user's override comes last
+    assert load_config(overrides=mnist[:-1]).sample.top_k == 50
 
 
 def test_missing_cifar10_is_refused_unless_a_source_is_given(tmp_path, monkeypatch):

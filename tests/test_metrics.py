@@ -175,9 +175,10 @@ def test_kid_matches_torchmetrics_poly_mmd():
     real, fake = rng.standard_normal((80, 8)), rng.standard_normal((80, 8)) + 0.3
     mean, std = kernel_distance(real, fake, subsets=1, subset_size=80)  # one subset = the full sets
     assert mean == pytest.approx(float(poly_mmd(torch.from_numpy(real), torch.from_numpy(fake))), rel=1e-9)
-    assert std == 0.0
-    same, _ = kernel_distance(real, rng.standard_normal((80, 8)), subsets=20, subset_size=50)
-    assert abs(same) < mean / 5
+    assert std is None  # the subsets are the whole sets: no spread between subsets to report
+    same, same_std = kernel_distance(real, rng.standard_normal((80, 8)), subsets=20, subset_size=50)
+    assert abs(same) < mean / 5 and same_std > 0  # proper subsets: a real spread
+    assert kernel_distance(real, fake[:60], subsets=5, subset_size=70)[1] is None  # the fake subset is its whole set
 
 
 def test_frechet_to_a_fixed_reference_equals_the_general_formula():

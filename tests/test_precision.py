@@ -20,17 +20,6 @@ from pretrain.outputs import read_jsonl
 BF16_LOSS_REL_TOL = 0.04
 
 
-@pytest.fixture
-def single_rank(monkeypatch):
-    """This process as a one-rank gloo group (what ``srdd train`` runs without a launcher)."""
-    from pretrain.dist import _free_port, init_distributed
-
-    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(_free_port())}.items():
-        monkeypatch.setenv(key, value)
-    return init_distributed()
-
-
 def d1_engine(overrides: list[str], seed: int = 0):
     from pretrain.engine import build_engine
     from pretrain.model import build_model

@@ -10,9 +10,9 @@ import pytest
 from analysis.report import inject_parameters, percent_to_notebook
 from tests.fixtures.runs_small.make import make_runs_dir
 
-SECTIONS = ("Training curves", "Per-scale losses", "Scaling fits", "SRDD vs VAR at equal compute", "Sampling cost",
-            "Refinement at equal sampling FLOPs", "Scale distillation", "Zero-shot reconstruction", "Sample grids",
-            "Evaluation metrics", "Ablation")
+SECTIONS = ("Training curves", "Per-scale losses", "Seeds and intervals", "Scaling fits", "SRDD vs VAR at equal compute",
+            "Convergence", "Compute-optimal scaling", "Sampling cost", "Refinement at equal sampling FLOPs",
+            "Scale distillation", "Zero-shot reconstruction", "Sample grids", "Evaluation metrics", "Ablation", "Claims")
 
 
 def test_percent_source_round_trip():
@@ -36,12 +36,15 @@ def test_report_executes_on_the_fixture_and_embeds_its_figures(tmp_path):
     html = (tmp_path / "out/report.html").read_text()
     headings = re.findall(r"<h2[^>]*>([^<]+)", html)
     assert [h.strip() for h in headings] == list(SECTIONS)
-    # 4 plots (curves, per-scale, fits, equal compute) + FD plot + refinement plot + 8 sample grids + 1 ablation grid.
-    assert len(re.findall(r'src="data:image/png;base64,', html)) == 15
+    # 6 plots (curves, per-scale, FD vs size, fits, equal-compute curves, FD vs FLOPs) + 2 isoFLOP (one per mask)
+    # + refinement plot + 8 sample grids + 1 ablation grid, all inline.
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == 18
     assert "not available" not in html
     assert "goal: all of the above" in html and "better zero-shot reconstruction than VAR" in html
     assert "kv_ratio_vs_var" in html and "FD-mnist-cnn" in html and "next size" in html and "d6 (N~" in html
     assert "the default stays" in html and "200 images x 3 seeds" in html and "srdd refine-study --run d4-srdd" in html
+    assert "F test p =" in html and "at equal flops_executed" in html and "srdd - var" in html
+    assert html.count("reproduced") >= 5 and "not run" in html  # the claims table
     assert (tmp_path / "out/report.ipynb").is_file() and (tmp_path / "out/config.yaml").is_file()
 
 
@@ -51,5 +54,5 @@ def test_report_degrades_gracefully_on_an_empty_directory(tmp_path):
     r = _report(tmp_path / "empty", tmp_path / "report.html", tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     html = (tmp_path / "report.html").read_text()
-    assert html.count("not available") == 11
+    assert html.count("not available") == 15
     assert "bench/sampling.json is missing" in html

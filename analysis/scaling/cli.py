@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from pretrain.config.fit import FORMS, FitConfig
-from analysis.scaling.fit import column_map, fit_table
+from analysis.scaling.fit import FitResult, column_map, fit_table
 from analysis.scaling.forms import FORMS as FORM_SPECS
 from analysis.scaling.plots import save_fit_plots
 from analysis.scaling.table import RunsTableError, read_runs, validate_frame
@@ -47,24 +47,30 @@ def fit_config(cfg: SRDDConfig, args: argparse.Namespace) -> FitConfig:
     return out
 
 
-def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
-    fcfg = fit_config(cfg, args)
-    runs = Path(fcfg.runs) if fcfg.runs else home_dir() / "runs.csv"
-    out = Path(args.out) if getattr(args, "out", None) else runs.parent / f"fit_{fcfg.form.replace('+', '_')}.json"
+def fit_to_files(runs: Path, fcfg: FitConfig, out: Path) -> tuple[FitResult, list[Path]]:
+    """Fit ``runs`` (a runs table CSV) with ``fcfg``; write ``out`` (fit.json) and its plots beside it.
+    Raises RunsTableError / FloatingPointError when the table cannot be fitted with that form."""
     t0 = time.perf_counter()
-    try:
-        table = validate_frame(read_runs(runs), list(column_map(fcfg).values()), str(runs), fcfg.loss_column,
-                               FORM_SPECS[fcfg.form].min_points)
-        result = fit_table(table, fcfg)
-    except (RunsTableError, FloatingPointError) as e:
-        print(f"srdd fit: {e}", file=sys.stderr)
-        return 2
+    table = validate_frame(read_runs(runs), list(column_map(fcfg).values()), str(runs), fcfg.loss_column,
+                           FORM_SPECS[fcfg.form].min_points)
+    result = fit_table(table, fcfg)
     for note in table.skipped:
         log.warning("skipped %s", note)
     payload = result.to_json()
     payload["time_s"] = round(time.perf_counter() - t0, 3)
     atomic_write_json(out, payload)
-    plots = save_fit_plots(result, table, out.with_suffix(""))
+    return result, save_fit_plots(result, table, out.with_suffix(""))
+
+
+def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
+    fcfg = fit_config(cfg, args)
+    runs = Path(fcfg.runs) if fcfg.runs else home_dir() / "runs.csv"
+    out = Path(args.out) if getattr(args, "out", None) else runs.parent / f"fit_{fcfg.form.replace('+', '_')}.json"
+    try:
+        result, plots = fit_to_files(runs, fcfg, out)
+    except (RunsTableError, FloatingPointError) as e:
+        print(f"srdd fit: {e}", file=sys.stderr)
+        return 2
     save_config(cfg, out.parent)
     print(f"{result.form}: {result.formula}  ({result.n_points} points, "
           f"{result.bootstrap['succeeded']}/{result.bootstrap['resamples']} bootstrap fits)")

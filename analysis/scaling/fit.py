@@ -3,6 +3,10 @@
 The intervals are percentile bootstrap intervals: rows are resampled with
 replacement (within each FLOP budget for ``isoflop``, so every resample still
 has its budgets) and refitted; a resample whose fit fails is counted, not fatal.
+When the table repeats a design point over training seeds (several rows with the
+same fitted columns, e.g. ``--seeds`` runs of one size and budget), the resamples
+draw seeds within each design point instead: every resample keeps the design, and
+the interval is the spread the seeds' noise gives the fit (its seed variance).
 Each resample starts from the full-data optimum plus its own best ``boot_starts``
 grid points, which keeps 200 resamples cheap without trusting one start.
 """
@@ -18,7 +22,7 @@ import pandas as pd
 
 from pretrain.config.fit import FitConfig
 from analysis.scaling.forms import FORMS, Columns, FitSettings, Form, Params, budgets, isoflop_budgets
-from analysis.scaling.table import RunsTable, validate_frame
+from analysis.scaling.table import RunsTable, RunsTableError, validate_frame
 
 FIT_FORMAT = "srdd-fit-v1"
 
@@ -80,6 +84,13 @@ def _cols(table: RunsTable, cmap: dict[str, str], rows: np.ndarray | None = None
     return {k: table.column(c) if rows is None else table.column(c)[rows] for k, c in cmap.items()}
 
 
+def design_points(table: RunsTable, cmap: dict[str, str]) -> np.ndarray:
+    """Group id per row: rows with equal fitted columns (one design point, e.g. the seeds of one size)."""
+    keys = [tuple(np.round(np.log(table.column(c)), 9)) for c in cmap.values()]
+    _, group = np.unique(np.array(keys).T, axis=0, return_inverse=True)
+    return group.reshape(-1)
+
+
 def _resample(rng: np.random.Generator, strata: np.ndarray) -> np.ndarray:
     """Row indices drawn with replacement inside each stratum (one stratum = a plain bootstrap)."""
     parts = [rng.choice(np.flatnonzero(strata == s), size=int((strata == s).sum()), replace=True)
@@ -91,17 +102,25 @@ def fit_table(table: RunsTable, cfg: FitConfig) -> FitResult:
     form = FORMS[cfg.form]
     cmap = column_map(cfg)
     cols, L = _cols(table, cmap), table.loss
+    points = design_points(table, cmap)
+    if len(np.unique(points)) < form.min_points:
+        raise RunsTableError(f"{table.source}: {len(np.unique(points))} distinct design point(s) of {list(cmap.values())} "
+                             f"but {form.name} has {form.min_points} parameters")
     grid = form.rank(cols, L, cfg.huber_delta, cfg.starts) if form.rank else None
     params, objective = form.fit(cols, L, FitSettings(cfg.huber_delta, grid=grid))
 
-    strata = budgets(cols["C"]) if form.name == "isoflop" else np.zeros(len(L), dtype=int)
+    replicated = len(np.unique(points)) < len(L)
+    if replicated:  # seeds repeat the design: resample seeds within each design point
+        strata = points
+    else:
+        strata = budgets(cols["C"]) if form.name == "isoflop" else np.zeros(len(L), dtype=int)
     rng = np.random.default_rng(cfg.seed)
     boot_settings = FitSettings(cfg.huber_delta, grid=None if grid is None else grid[:cfg.boot_starts], warm=params)
     samples: list[Params] = []
     failed = 0
     for _ in range(cfg.bootstrap):
         rows = _resample(rng, strata)
-        if len(np.unique(rows)) < form.min_points:  # fewer distinct runs than parameters: unidentifiable
+        if len(np.unique(points[rows])) < form.min_points:  # fewer distinct design points than parameters
             failed += 1
             continue
         try:
@@ -122,7 +141,8 @@ def fit_table(table: RunsTable, cfg: FitConfig) -> FitResult:
     return FitResult(
         form=form.name, formula=form.formula, columns=cmap, loss_column=table.loss_column, params=params,
         objective=objective, n_points=len(L), intervals=intervals, samples=samples,
-        bootstrap={"resamples": cfg.bootstrap, "succeeded": len(samples), "failed": failed, "seed": cfg.seed, "ci": cfg.ci},
+        bootstrap={"resamples": cfg.bootstrap, "succeeded": len(samples), "failed": failed, "seed": cfg.seed, "ci": cfg.ci,
+                   "over": "seeds within design points" if replicated else "rows"},
         skipped=table.skipped, budgets=[dataclasses.asdict(b) for b in found],
         settings={"huber_delta": cfg.huber_delta, "starts": cfg.starts, "boot_starts": cfg.boot_starts, "source": table.source},
     )
@@ -133,3 +153,16 @@ def fit_frame(frame: pd.DataFrame, cfg: FitConfig, source: str = "runs table") -
     form = FORMS[cfg.form]
     table = validate_frame(frame, list(column_map(cfg).values()), source, cfg.loss_column, form.min_points)
     return fit_table(table, cfg)
+
+
+def param_difference(a: FitResult, b: FitResult, name: str) -> tuple[float, float, float]:
+    """(a's ``name`` - b's, and the percentile interval of the difference): the two fits' bootstrap
+    resamples are independent, so resample i of one is paired with resample i of the other."""
+    n = min(len(a.samples), len(b.samples))
+    point = a.params[name] - b.params[name]
+    if not n:
+        return point, float("nan"), float("nan")
+    diffs = [a.samples[i][name] - b.samples[i][name] for i in range(n)]
+    tail = 50 * (1 - a.bootstrap["ci"])
+    lo, hi = np.percentile(diffs, [tail, 100 - tail])
+    return point, float(lo), float(hi)

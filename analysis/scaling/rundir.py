@@ -47,12 +47,14 @@ class RunsDir:
         return pd.DataFrame(rows)
 
     def eval_table(self) -> pd.DataFrame | None:
-        """The last eval record of each run (metric columns only; the sampler settings are dropped)."""
+        """The last eval record of each run (metric columns only; the sampler settings, the bootstrap
+        replicates and FD by number of scales are dropped)."""
         rows = []
         for run in self.runs():
             ev = self.records(run, "eval")
             if len(ev):
-                last = ev.iloc[-1].drop(labels=["kind", "sampler"], errors="ignore").dropna()
+                drop = ["kind", "sampler", "fd_by_scales", *(c for c in ev.columns if c.endswith("_boot"))]
+                last = ev.iloc[-1].drop(labels=drop, errors="ignore").dropna()
                 rows.append({"run": run, **last.to_dict()})
         return pd.DataFrame(rows).set_index("run") if rows else None
 

@@ -197,7 +197,7 @@ class TransformerTask(TaskDefaults):
         log_record(val)
         state_dict = consolidated_state_dict(self.engines["model"]) if self.cfg.train.export_model else None
         cfg = self.cfg
-        final = {"status": "completed", "run": cfg.run_name, "size": cfg.model.size,
+        final = {"status": "completed", "run": cfg.run_name, "size": cfg.model.size, "seed": cfg.seed,
                  "mask": cfg.model.mask, "attn_window": cfg.model.window, "pyramid": cfg.pyramid.cell,
                  "params": self.params, "non_embedding_params": self.non_embedding_params, **self.counters(step),
                  "val_loss": val["loss"], "val_loss_per_scale": val["loss_per_scale"],

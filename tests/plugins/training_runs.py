@@ -27,7 +27,7 @@ import pytest
 
 from pretrain.outputs import read_jsonl
 
-__all__ = ["straight_train_run"]
+__all__ = ["single_rank", "straight_train_run"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,3 +139,14 @@ def gathered_states(run_dir: Path, step: int, world_size: int) -> tuple[dict[str
     debug = run_dir / "debug"
     return (torch.load(debug / f"state_step{step:08d}_saved.pt", weights_only=False),
             torch.load(debug / f"state_step{step:08d}_resumed_w{world_size}.pt", weights_only=False))
+
+
+@pytest.fixture
+def single_rank(monkeypatch):
+    """This process as a one-rank gloo group (what ``srdd train`` runs without a launcher)."""
+    from pretrain.dist import _free_port, init_distributed
+
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(key, value)
+    return init_distributed()

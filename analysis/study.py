@@ -1,0 +1,295 @@
+"""A study directory read for comparisons: every training run by (size, mask, seed), its validation
+curve and its evaluation (with the sample-bootstrap replicates), and the comparisons the report and
+the claims table make from them, each a mean over seeds with a 95% bootstrap interval
+(analysis/bootstrap.py; docs/claims.md).
+
+    DIR/runs.csv                 one row per run: size, mask, seed, params, tokens, flops, flops_executed, fd, ...
+    DIR/<run>/metrics.jsonl      ``val`` records (tokens, flops, flops_executed, loss) = the curve;
+                                 the last ``eval`` record (FD-<net>_boot, fd_by_scales, ...)
+
+Two FLOP columns (docs/model.md): ``flops`` counts attended (query, key) pairs only, ``flops_executed``
+what the attention path computes. Every function taking ``x`` says which one it uses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis.bootstrap import delta_interval, mean_interval
+from pretrain.outputs import read_jsonl
+from pretrain.sizes import SIZES
+
+FLOP_COLUMNS = {"flops": "attended FLOPs (keys the mask allows)", "flops_executed": "executed FLOPs (what the kernels run)"}
+
+
+@dataclass
+class Run:
+    name: str
+    size: str
+    mask: str
+    seed: int
+    params: float
+    tokens: float
+    flops: float
+    flops_executed: float
+    val_loss: float
+    curve: pd.DataFrame  # val records: step, tokens, flops, flops_executed, loss
+    eval: dict[str, Any] = field(default_factory=dict)  # the last eval record
+
+    @property
+    def fd_metric(self) -> Optional[str]:
+        """The eval's FD key: ``FD-<net>`` (``FID-<net>`` for an Inception feature network)."""
+        net = self.eval.get("feature_net", {}).get("name")
+        keys = (f"FD-{net}", f"FID-{net}") if net else tuple(k for k in self.eval if k.startswith("FD-") and not k.endswith("_boot"))
+        return next((k for k in keys if k in self.eval), None)
+
+    def metric(self, name: str) -> tuple[Optional[float], Optional[list[float]]]:
+        """(value, sample-bootstrap replicates or None) of ``val_loss``, ``fd``, ``class_acc`` or ``fid_inception``."""
+        if name == "val_loss":
+            return self.val_loss, None
+        if name == "fd":
+            key = self.fd_metric
+            return (self.eval[key], self.eval.get(f"{key}_boot")) if key else (None, None)
+        if name == "class_acc":
+            key = next((k for k in self.eval if k.startswith("class_acc-")), None)
+            return (self.eval[key], None) if key else (None, None)
+        if name == "fid_inception":  # the packaged TF-Inception FID beside the feature network's FD (evaluate.py)
+            key = f"FID-{self.eval['fid_network']['name']}" if "fid_network" in self.eval else None
+            return (self.eval[key], None) if key in self.eval else (None, None)
+        raise KeyError(f"unknown metric {name!r}")
+
+
+def _num(value: Any, default: float = math.nan) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return default
+    return default if math.isnan(out) else out
+
+
+def load_runs(root: str | Path) -> list[Run]:
+    """Completed runs of ``root/runs.csv`` with their curves and last eval record ([] without the table)."""
+    root = Path(root)
+    path = root / "runs.csv"
+    if not path.is_file():
+        return []
+    table = pd.read_csv(path)
+    if "status" in table.columns:
+        table = table[table["status"].fillna("completed").astype(str).isin(["completed", "done", "ok", ""])]
+    runs = []
+    for row in table.to_dict("records"):
+        records = read_jsonl(root / str(row["run"]) / "metrics.jsonl")
+        val = pd.DataFrame([r for r in records if r.get("kind") == "val"])
+        if len(val) and "flops_executed" not in val:
+            val["flops_executed"] = val["flops"]
+        evals = [r for r in records if r.get("kind") == "eval"]
+        flops = _num(row.get("flops"))
+        runs.append(Run(name=str(row["run"]), size=str(row["size"]), mask=str(row["mask"]),
+                        seed=int(_num(row.get("seed"), 0.0)), params=_num(row.get("params")),
+                        tokens=_num(row.get("tokens")), flops=flops,
+                        flops_executed=_num(row.get("flops_executed"), flops), val_loss=_num(row.get("val_loss")),
+                        curve=val.drop_duplicates("step", keep="last").sort_values("step") if len(val) else val,
+                        eval=evals[-1] if evals else {}))
+    return runs
+
+
+def depth(size: str) -> int:
+    return SIZES[size].depth if size in SIZES else 0
+
+
+def sizes_of(runs: Sequence[Run]) -> list[str]:
+    """Sizes present, smallest first."""
+    return sorted({r.size for r in runs}, key=lambda s: (depth(s), s))
+
+
+def cell(runs: Sequence[Run], size: str, mask: str) -> list[Run]:
+    """The seeds of one (size, mask), by seed."""
+    return sorted((r for r in runs if r.size == size and r.mask == mask), key=lambda r: r.seed)
+
+
+def cell_interval(cell_runs: Sequence[Run], metric: str, seed: int = 0) -> Optional[tuple[float, float, float, int]]:
+    """(mean over seeds, low, high, n_seeds) of ``metric`` in one cell (None when no run has it)."""
+    pairs = [r.metric(metric) for r in cell_runs]
+    pairs = [(v, reps) for v, reps in pairs if v is not None and np.isfinite(v)]
+    if not pairs:
+        return None
+    mean, lo, hi = mean_interval([v for v, _ in pairs], [reps for _, reps in pairs], seed=seed)
+    return mean, lo, hi, len(pairs)
+
+
+def summary(runs: Sequence[Run], metrics: Sequence[str] = ("val_loss", "fd", "class_acc", "fid_inception")) -> pd.DataFrame:
+    """Per (size, mask): n_seeds and each metric's mean with its 95% interval (seeds and samples)."""
+    rows = []
+    for size in sizes_of(runs):
+        for mask in sorted({r.mask for r in runs}):
+            c = cell(runs, size, mask)
+            if not c:
+                continue
+            row: dict[str, Any] = {"size": size, "mask": mask, "params": c[0].params, "n_seeds": len(c)}
+            for m in metrics:
+                got = cell_interval(c, m)
+                if got is not None:
+                    row[m], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = got[:3]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired(runs: Sequence[Run], size: str) -> list[tuple[Run, Run]]:
+    """(var, srdd) runs of one size that share a seed (same data order and init)."""
+    var = {r.seed: r for r in cell(runs, size, "var")}
+    return [(var[r.seed], r) for r in cell(runs, size, "srdd") if r.seed in var]
+
+
+def largest_paired_size(runs: Sequence[Run]) -> Optional[str]:
+    """The largest size with a var and an srdd run of the same seed, preferring the most seeds."""
+    sizes = [s for s in sizes_of(runs) if paired(runs, s)]
+    return max(sizes, key=lambda s: (len(paired(runs, s)), depth(s))) if sizes else None
+
+
+# ---- curves ------------------------------------------------------------------------------------
+def value_at(curve: pd.DataFrame, x: str, at: float) -> float:
+    """The val loss at ``at`` of column ``x``, interpolated linearly in log x between val records."""
+    xs, ys = curve[x].to_numpy(dtype=float), curve["loss"].to_numpy(dtype=float)
+    if not len(xs) or at < xs[0] * (1 - 1e-9) or at > xs[-1] * (1 + 1e-9):
+        return math.nan
+    return float(np.interp(np.log(at), np.log(xs), ys))
+
+
+def first_reach(curve: pd.DataFrame, x: str, threshold: float) -> float:
+    """The first ``x`` at which the val curve reaches ``threshold`` (linear between records; nan: never)."""
+    xs, ys = curve[x].to_numpy(dtype=float), curve["loss"].to_numpy(dtype=float)
+    for i, y in enumerate(ys):
+        if y <= threshold:
+            if i == 0:
+                return float(xs[0])
+            x0, x1, y0 = xs[i - 1], xs[i], ys[i - 1]
+            return float(x0 + (x1 - x0) * (y0 - threshold) / (y0 - y))
+    return math.nan
+
+
+@dataclass
+class Comparison:
+    """One VAR-vs-SRDD comparison: per-side means, delta = var - srdd (lower is better: positive = SRDD wins)."""
+
+    var: float
+    srdd: float
+    delta: float
+    ci_low: float
+    ci_high: float
+    n_seeds: int
+    detail: str = ""
+
+
+def _compare(var_vals: Sequence[float], srdd_vals: Sequence[float], var_reps: Any = None, srdd_reps: Any = None,
+             detail: str = "") -> Optional[Comparison]:
+    keep = [i for i, (a, b) in enumerate(zip(var_vals, srdd_vals)) if np.isfinite(a) and np.isfinite(b)]
+    if not keep:
+        return None
+    a, b = [var_vals[i] for i in keep], [srdd_vals[i] for i in keep]
+    ra = [var_reps[i] for i in keep] if var_reps is not None else None
+    rb = [srdd_reps[i] for i in keep] if srdd_reps is not None else None
+    delta, lo, hi = delta_interval(a, b, ra, rb, paired=True)
+    return Comparison(float(np.mean(a)), float(np.mean(b)), delta, lo, hi, len(keep), detail)
+
+
+def equal_compute_loss(runs: Sequence[Run], size: str, x: str = "flops") -> Optional[Comparison]:
+    """Val loss of VAR and SRDD at the same training FLOPs ``x`` (attended or executed): per seed,
+    both curves read at C* = the smaller of the two runs' final FLOPs (interpolated in log C)."""
+    var_l, srdd_l, at = [], [], []
+    for v, s in paired(runs, size):
+        if not len(v.curve) or not len(s.curve):
+            continue
+        c = min(v.curve[x].iloc[-1], s.curve[x].iloc[-1])
+        var_l.append(value_at(v.curve, x, c))
+        srdd_l.append(value_at(s.curve, x, c))
+        at.append(c)
+    return _compare(var_l, srdd_l, detail=f"at {np.mean(at):.3g} {x}" if at else "")
+
+
+def equal_tokens(runs: Sequence[Run], size: str, metric: str) -> Optional[Comparison]:
+    """``metric`` (fd, fid_inception, val_loss) of VAR and SRDD trained on the same tokens (paired by seed)."""
+    pairs = [(v.metric(metric), s.metric(metric)) for v, s in paired(runs, size)]
+    pairs = [(a, b) for a, b in pairs if a[0] is not None and b[0] is not None]
+    if not pairs:
+        return None
+    return _compare([a[0] for a, _ in pairs], [b[0] for _, b in pairs], [a[1] for a, _ in pairs],
+                    [b[1] for _, b in pairs])
+
+
+def convergence_threshold(runs: Sequence[Run], size: str, fraction: float = 1.0) -> float:
+    """A val-loss level every run of ``size`` reaches: the first val loss minus ``fraction`` of the
+    way down to the worst (highest) final val loss of the size's runs (1.0 = that final loss)."""
+    cells = [r for r in runs if r.size == size and len(r.curve)]
+    start = max(float(r.curve["loss"].iloc[0]) for r in cells)
+    worst_final = max(float(r.curve["loss"].iloc[-1]) for r in cells)
+    return start - fraction * (start - worst_final)
+
+
+def convergence(runs: Sequence[Run], size: str, x: str = "tokens", fraction: float = 1.0) -> Optional[Comparison]:
+    """``x`` (tokens, flops or flops_executed) each mask needs to reach the size's threshold
+    (``convergence_threshold``); delta = var - srdd (positive: SRDD gets there sooner)."""
+    pairs = [(v, s) for v, s in paired(runs, size) if len(v.curve) and len(s.curve)]
+    if not pairs:
+        return None
+    thr = convergence_threshold(runs, size, fraction)
+    return _compare([first_reach(v.curve, x, thr) for v, _ in pairs], [first_reach(s.curve, x, thr) for _, s in pairs],
+                    detail=f"val loss <= {thr:.4f}")
+
+
+def size_trend(runs: Sequence[Run], mask: str, metric: str = "fd") -> list[dict[str, Any]]:
+    """Per consecutive pair of sizes of one mask: mean(smaller) - mean(larger) with its interval
+    (positive: the metric falls with size), seeds resampled independently per size."""
+    out = []
+    sizes = [s for s in sizes_of(runs) if cell(runs, s, mask)]
+    for small, large in zip(sizes, sizes[1:]):
+        a = [r.metric(metric) for r in cell(runs, small, mask)]
+        b = [r.metric(metric) for r in cell(runs, large, mask)]
+        a, b = [p for p in a if p[0] is not None], [p for p in b if p[0] is not None]
+        if not a or not b:
+            continue
+        delta, lo, hi = delta_interval([v for v, _ in a], [v for v, _ in b], [r for _, r in a], [r for _, r in b],
+                                       paired=False)
+        out.append({"mask": mask, "smaller": small, "larger": large, "metric": metric, "decrease": delta,
+                    "ci_low": lo, "ci_high": hi, "falls": lo > 0})
+    return out
+
+
+def fd_by_scales(cell_runs: Sequence[Run]) -> pd.DataFrame:
+    """FD against the number of scales decoded (the eval's ``fd_by_scales``), mean over seeds with intervals."""
+    per_seed = [r.eval.get("fd_by_scales") for r in cell_runs if r.eval.get("fd_by_scales")]
+    if not per_seed:
+        return pd.DataFrame()
+    rows = []
+    for k in range(len(per_seed[0])):
+        mean, lo, hi = mean_interval([p[k]["fd"] for p in per_seed], [p[k]["fd_boot"] for p in per_seed])
+        rows.append({"scales": per_seed[0][k]["scales"], "fd": mean, "fd_ci_low": lo, "fd_ci_high": hi,
+                     "n_seeds": len(per_seed)})
+    return pd.DataFrame(rows)
+
+
+def coarse_to_fine_gain(cell_runs: Sequence[Run], k: int) -> Optional[tuple[float, float, float, int]]:
+    """Share of the FD improvement from 1 scale to all K that the first ``k`` scales reach,
+    (FD_1 - FD_k) / (FD_1 - FD_K), mean over seeds with its interval. The FD replicates of one
+    eval use the same image resamples at every k, so the ratio is formed replicate by replicate."""
+    values, reps = [], []
+    for r in cell_runs:
+        rows = r.eval.get("fd_by_scales")
+        if not rows or k > len(rows):
+            continue
+        first, at, full = rows[0], rows[k - 1], rows[-1]
+        if first["fd"] <= full["fd"]:
+            continue  # no improvement to share out
+        values.append((first["fd"] - at["fd"]) / (first["fd"] - full["fd"]))
+        f1, fk, fK = (np.asarray(x["fd_boot"], dtype=float) for x in (first, at, full))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = (f1 - fk) / (f1 - fK)
+        reps.append(ratio[np.isfinite(ratio)])
+    if not values:
+        return None
+    mean, lo, hi = mean_interval(values, reps)
+    return mean, lo, hi, len(values)

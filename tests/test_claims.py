@@ -1,0 +1,112 @@
+"""The claims table: verdicts from intervals, planted differences found, the documented schema."""
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from analysis.claims import FIELDS, build_claims, claim_row, normal_delta, validate, verdict, write_claims
+from tests.fixtures.study_synthetic import make_study
+
+
+def test_verdict_follows_the_interval_alone():
+    assert verdict(0.01, 0.5) == "reproduced"
+    assert verdict(-0.5, -0.01) == "contradicted"
+    assert verdict(-0.1, 0.2) == verdict(0.0, 0.3) == verdict(-0.3, 0.0) == "inconclusive"  # 0 inside: no call
+    assert verdict(None, None) == verdict(float("nan"), 1.0) == "not run"
+    row = claim_row("c", "s", "m", var=1.0, srdd=2.0, delta=None, ci_low=None, ci_high=None, n_seeds=3, note="why")
+    assert row["verdict"] == "not run" and all(row[k] is None for k in FIELDS[3:9])  # numbers null when not run
+    one_seed = claim_row("c", "s", "m", 1.0, 2.0, -1.0, float("nan"), float("nan"), 1)  # measured, nothing to resample
+    assert one_seed["verdict"] == "inconclusive" and one_seed["ci_low"] is None and one_seed["delta"] == -1.0
+    validate({"format": "srdd-claims-v1", "study": "t", "claims": [row, one_seed]})
+    assert claim_row("c", "s", "m", 2.0, 1.0, 1.0, 0.4, 1.6, 2)["verdict"] == "reproduced"
+
+
+def test_normal_delta_recovers_the_interval_of_a_difference():
+    # a +- 1.96, b +- 1.96 (se 1 each): the difference has se sqrt(2)
+    d, lo, hi = normal_delta(5.0, 5 - 1.959964, 5 + 1.959964, 3.0, 3 - 1.959964, 3 + 1.959964)
+    assert d == 2.0 and hi - lo == pytest.approx(2 * 1.959964 * 2 ** 0.5, rel=1e-6)
+
+
+def _by_claim(rows):
+    return {r["claim"]: r for r in rows}
+
+
+def test_planted_mask_difference_is_reproduced(tmp_path):
+    rows = _by_claim(build_claims(make_study(tmp_path / "gain", gain=0.05)))
+    equal = [r for c, r in rows.items() if c.startswith("Markovian")]
+    assert len(equal) == 3 and all(r["verdict"] == "reproduced" for r in equal), equal
+    loss = next(r for r in equal if "attended" in r["claim"])
+    assert loss["n_seeds"] == 3 and loss["delta"] > 0.05  # fewer attended FLOPs per token: more tokens at equal C
+    faster = next(r for c, r in rows.items() if c.startswith("SRDD converges faster") and "tokens to a fixed val" in c)
+    assert faster["verdict"] == "reproduced" and faster["delta"] > 0
+    assert rows["A few coarse-to-fine steps capture most of the gain"]["verdict"] == "reproduced"
+
+
+def test_no_mask_difference_is_inconclusive(tmp_path):
+    rows = build_claims(make_study(tmp_path / "none", gain=0.0, flops_ratio=(1.0, 1.0)))
+    equal = [r for r in rows if r["claim"].startswith("Markovian")]
+    assert len(equal) == 3 and all(r["verdict"] == "inconclusive" for r in equal), equal
+    assert all(r["ci_low"] < 0 < r["ci_high"] for r in equal)
+
+
+def test_claims_json_validates_and_what_was_not_run_is_null(tmp_path):
+    root = make_study(tmp_path / "s", gain=0.05)
+    doc = json.loads(write_claims(root).read_text())
+    validate(doc)  # documented schema: docs/claims.schema.json
+    assert (root / "claims.csv").is_file()
+    not_run = [r for r in doc["claims"] if r["verdict"] == "not run"]
+    # the synthetic study has no bench, refinement, distill, edit or ablation outputs
+    assert {r["claim"].split(" (")[0] for r in not_run} >= {"SRDD samples at lower cost than VAR",
+                                                            "The distilled short schedule keeps the teacher's quality"}
+    assert all(r["note"] and r["delta"] is None and r["n_seeds"] is None for r in not_run)
+    bad = json.loads(json.dumps(doc))
+    bad["claims"][0]["ci_low"] = -1.0  # "reproduced" with an interval reaching below 0
+    with pytest.raises(jsonschema.ValidationError):
+        validate(bad)
+    for key, value in (("verdict", "likely"), ("n_seeds", 0), ("extra", 1)):
+        broken = json.loads(json.dumps(doc))
+        broken["claims"][0][key] = value
+        with pytest.raises(jsonschema.ValidationError):
+            validate(broken)
+
+
+def test_claims_from_the_study_csvs(tmp_path):
+    """refinement.csv / distill.csv / edits.csv / ablation.csv, by their documented columns."""
+    root = make_study(tmp_path / "s", gain=0.05)
+    (root / "refinement.csv").write_text(
+        "model,method,rounds,sampling_flops,fd,fd_ci_low,fd_ci_high,n_images,n_seeds\n"
+        "d2-srdd,onepass,0,1e9,10.0,9.5,10.5,200,3\nd2-srdd,restart,2,2e9,8.0,7.6,8.4,200,3\n")
+    (root / "distill.csv").write_text(
+        "model,scales,sampling_flops,latency_s,fd,fd_ci_low,fd_ci_high,n_seeds\nteacher,6,1e9,0.1,10.0,9.0,11.0,3\n"
+        "distilled,4,6e8,0.07,10.2,9.2,11.2,3\ndata_only,4,6e8,0.07,14.0,13.0,15.0,3\nreindexed,4,6e8,0.07,30,28,32,3\n")
+    (root / "edits.csv").write_text(
+        "model,mask,task,refine,psnr_all,psnr_all_ci_low,psnr_all_ci_high,n_seeds\n"
+        "var,centre,inpaint,none,20.0,19.9,20.1,3\nsrdd,centre,inpaint,none,19.0,18.9,19.1,3\n"
+        "var,centre,inpaint,mr,25.0,24.9,25.1,3\nsrdd,centre,inpaint,mr,30.0,29.9,30.1,3\n")
+    (root / "ablation").mkdir()
+    cells = [("latent", "discrete", "residual", 10), ("latent", "discrete", "absolute", 12),
+             ("latent", "continuous", "residual", 15), ("latent", "continuous", "absolute", 16),
+             ("pixel", "discrete", "residual", 11), ("pixel", "discrete", "absolute", 14),
+             ("pixel", "continuous", "residual", 20), ("pixel", "continuous", "absolute", 22)]
+    (root / "ablation" / "ablation.csv").write_text(
+        "cell,space,codes,bands,fd\n" + "".join(f"{a}-{b}-{c},{a},{b},{c},{fd}\n" for a, b, c, fd in cells))
+    rows = _by_claim(build_claims(root))
+    refine = rows["Refinement (resampling) improves SRDD samples at equal sampling FLOPs"]
+    assert refine["verdict"] == "reproduced" and refine["delta"] == pytest.approx(2.0)  # rows' bounds read as normal
+    (root / "refinement.json").write_text(json.dumps({"verdicts": [  # refine-study's own paired bootstrap wins
+        {"model": "d2-srdd", "method": "restart", "rounds": 2, "baseline": "onepass", "fd_minus_baseline": -2.0,
+         "ci_low": -2.5, "ci_high": 0.1}]}))
+    refine = _by_claim(build_claims(root))["Refinement (resampling) improves SRDD samples at equal sampling FLOPs"]
+    assert (refine["delta"], refine["ci_low"], refine["ci_high"], refine["verdict"]) == (2.0, -0.1, 2.5, "inconclusive")
+    keep = rows["The distilled short schedule keeps the teacher's quality"]
+    assert keep["delta"] == pytest.approx(1.05 * 10.0 - 10.2) and keep["verdict"] == "inconclusive"
+    beats = rows["The distilled short schedule keeps the teacher's quality: distillation beats the data-only short schedule"]
+    assert beats["verdict"] == "reproduced"
+    zero = rows["SRDD reconstructs zero-shot (inpaint/outpaint/super-res) better than VAR"]
+    assert zero["verdict"] == "contradicted" and zero["delta"] == pytest.approx(-1.0)  # refine=none rows only
+    levers = {c: r for c, r in rows.items() if "lever)" in c}
+    assert len(levers) == 3 and all(r["verdict"] == "reproduced" for r in levers.values())
+    space = next(r for c, r in levers.items() if "(space lever)" in c)
+    assert space["delta"] == pytest.approx((1 + 2 + 5 + 6) / 4)  # pixel - latent over the 4 matched pairs

@@ -1,0 +1,121 @@
+"""The study's comparisons: bootstrap intervals over seeds and samples, curves read at equal compute,
+seeds that change the data order and init and nothing else, fits that resample seeds."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from analysis import study as st
+from analysis.bootstrap import delta_interval, fd_replicates, mean_interval
+from analysis.metrics import frechet_distance, gaussian_stats
+from pretrain.config import load_config
+from tests.fixtures.study_synthetic import make_study
+
+
+def test_fd_replicates_are_fds_of_resampled_images():
+    rng = np.random.default_rng(1)
+    real, fake = rng.normal(size=(300, 6)), rng.normal(0.3, 1.2, size=(120, 6))
+    reps = fd_replicates(fake, gaussian_stats(real), n_boot=5, seed=7)
+    draw = np.random.default_rng(7)
+    for value in reps:  # the same resamples, scored with scipy's sqrtm path
+        assert value == pytest.approx(frechet_distance(fake[draw.integers(0, 120, 120)], real), rel=1e-7)
+    assert reps.std() > 0
+
+
+def test_mean_and_delta_intervals():
+    mean, lo, hi = mean_interval([2.0])  # one seed, no sample replicates: no interval at all
+    assert mean == 2.0 and np.isnan(lo) and np.isnan(hi)
+    assert np.isnan(delta_interval([1.0], [0.5])[1])
+    mean, lo, hi = mean_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and 1.0 <= lo < 2.0 < hi <= 3.0
+    # one seed with sample replicates: the interval is theirs, centred on the seed's own value
+    reps = np.random.default_rng(0).normal(10.0, 1.0, 4000)
+    mean, lo, hi = mean_interval([5.0], [reps])
+    assert mean == 5.0 and lo == pytest.approx(5 - 1.96, abs=0.15) and hi == pytest.approx(5 + 1.96, abs=0.15)
+    # paired seeds that differ by exactly 1: the seed noise cancels; unpaired it does not
+    a, b = [1.0, 5.0, 9.0], [0.0, 4.0, 8.0]
+    assert delta_interval(a, b) == pytest.approx((1.0, 1.0, 1.0))
+    d, lo, hi = delta_interval(a, b, paired=False)
+    assert d == 1.0 and lo < 0 < hi
+
+
+def test_curves_are_read_at_equal_flops_and_thresholds(tmp_path):
+    runs = st.load_runs(make_study(tmp_path, gain=0.0, flops_ratio=(0.5, 1.0)))
+    assert len(runs) == 12 and {r.seed for r in runs} == {0, 1, 2}
+    v = next(r for r in runs if r.name == "d2-var")
+    x, y = v.curve["flops"].to_numpy(), v.curve["loss"].to_numpy()
+    mid = np.sqrt(x[2] * x[3])  # half-way in log FLOPs
+    assert st.value_at(v.curve, "flops", mid) == pytest.approx((y[2] + y[3]) / 2)
+    assert np.isnan(st.value_at(v.curve, "flops", x[-1] * 2))  # no extrapolation
+    assert st.first_reach(v.curve, "tokens", (y[4] + y[5]) / 2) == pytest.approx((v.curve["tokens"].iloc[4] + v.curve["tokens"].iloc[5]) / 2)
+    # same loss per token, half the attended FLOPs per token: at equal attended FLOPs SRDD has seen twice the tokens
+    eq = st.equal_compute_loss(runs, "d2", "flops")
+    assert eq.ci_low > 0 and eq.n_seeds == 3
+    assert st.equal_compute_loss(runs, "d2", "flops_executed").delta == pytest.approx(0.0, abs=1e-12)
+
+
+def test_seeds_change_data_order_and_init_and_nothing_else(tiny_tokenizer_ckpt, pyramid_shards, single_rank):
+    from slurm.demo import Study, train_config
+    from slurm.runs import _leaves
+    from slurm.sweep import grid
+    from pretrain.train.loop import TransformerTask
+    from tests.plugins.training_runs import train_overrides
+
+    base = train_overrides(pyramid_shards, tiny_tokenizer_ckpt)
+    cfgs = grid("sw", ["d1"], ["srdd"], [4000], [], base, seeds=[0, 1])
+    study = Study("demo", ["d1"], ["srdd"], 4000, 10, False, base, False, seeds=[0, 1])
+    for a, b in ((cfgs[0], cfgs[1]), (train_config(study, "d1", "srdd", 0), train_config(study, "d1", "srdd", 1))):
+        la, lb = _leaves(a), _leaves(b)
+        assert {k for k in la if la[k] != lb[k]} == {"seed", "run_name"}
+        assert lb["run_name"] == la["run_name"] + "-seed1"
+
+    def first(cfg):
+        task = TransformerTask(cfg, single_rank)
+        task.setup()
+        labels, *_ = next(iter(task.batches()))
+        return [p.detach().clone() for p in task.engines["model"].module.parameters()], labels
+
+    (w0, x0), (w1, x1), (w0b, x0b) = first(cfgs[0]), first(cfgs[1]), first(cfgs[0])
+    assert all(torch.equal(a, b) for a, b in zip(w0, w0b)) and torch.equal(x0, x0b)  # a seed is reproducible
+    assert any(not torch.equal(a, b) for a, b in zip(w0, w1))  # init differs
+    assert not torch.equal(x0, x1)  # data order differs
+
+
+def test_fit_bootstrap_resamples_seeds_within_sizes_and_the_form_choice():
+    from analysis.scaling.choose import choose_form, lack_of_fit_p
+    from analysis.scaling.fit import design_points, fit_frame
+    from analysis.scaling.table import validate_frame
+    from pretrain.config.fit import FitConfig
+
+    rng = np.random.default_rng(0)
+    N = np.repeat([1e5, 4e5, 1.6e6, 6.4e6], 3)
+    noise = np.exp(rng.normal(0, 0.002, len(N)))
+    floor = pd.DataFrame({"params": N, "val_loss": (2.0 + 30 * N ** -0.3) * noise})  # flattens: needs an offset
+    straight = pd.DataFrame({"params": N, "val_loss": (N / 1e12) ** -0.1 * noise})
+    assert choose_form(floor).form == "power+const" and lack_of_fit_p(floor["params"], floor["val_loss"]) < 1e-3
+    assert choose_form(straight).form == "power"
+    assert choose_form(straight.iloc[::3]).p_value is None  # no replicates: nothing to test against
+    table = validate_frame(floor, ["params"], "t")
+    assert sorted(np.bincount(design_points(table, {"x": "params"}))) == [3, 3, 3, 3]
+    fit = fit_frame(floor, FitConfig(form="power+const", bootstrap=30, seed=0))
+    assert fit.bootstrap["over"] == "seeds within design points" and fit.bootstrap["succeeded"] == 30
+    lo, hi = fit.intervals["E"]
+    assert lo < 2.0 < hi * 1.02 and fit.params["alpha"] == pytest.approx(0.3, rel=0.2)
+
+
+def test_demo_modes_and_explicit_flags():
+    import argparse
+
+    from slurm.demo import make_study
+
+    cfg = load_config()
+    ns = lambda **kw: argparse.Namespace(**{"full": False, "quick": False, **kw})  # noqa: E731
+    full = make_study(ns(full=True), cfg, [])
+    assert full.seeds == [0, 1, 2] and full.sizes == ["d1", "d2", "d3", "d4"] and len(full.mode.isoflop_budgets) >= 3
+    assert full.runs[:3] == ["demo/d1-var", "demo/d1-var-seed1", "demo/d1-var-seed2"]
+    demo = make_study(ns(), cfg, [])
+    assert len(demo.seeds) >= 2 and not demo.mode.isoflop_budgets and not demo.mode.ablation
+    mine = make_study(ns(full=True, sizes="d2,d3", seeds="4", tokens=1000.0, eval_samples=7), cfg, [])
+    assert (mine.sizes, mine.seeds, mine.tokens, mine.eval_samples) == (["d2", "d3"], [4], 1000, 7)
