@@ -13,7 +13,7 @@ and the quality-metric columns (plus ``fd``/``fd_metric``, ``fd_ci_low``/``fd_ci
 exists. Quality metrics compare ``--samples`` images drawn with the configured ``sample.*``
 settings (classes balanced) against the val split's cached reference features; token metrics are
 teacher-forced CE and accuracy per scale on the val pyramid shards. ``FD-<net>_boot``: FD of
-bootstrap resamples of the generated images (analysis/bootstrap.py: the study's intervals over
+bootstrap resamples of the generated images (analysis/intervals.py: the study's intervals over
 samples); ``class_acc-<net>``: the feature network's classifier accuracy on the class-conditional
 samples (the label each image was sampled for); ``KID-<net>_std`` is null when the KID subsets
 are whole sets (analysis/metrics/kid.py). ``--fd-by-scales``: FD (and replicates) of the same
@@ -44,7 +44,7 @@ SAMPLER_KEYS = ("cfg", "cfg_schedule", "top_k", "top_p", "temperature", "seed", 
 
 def fd_with_replicates(net: Any, ref: Any, feats_ND: np.ndarray, seed: int) -> dict[str, Any]:
     """``FD-<net>`` and ``FD-<net>_boot`` (its bootstrap replicates over the generated images)."""
-    from analysis.bootstrap import fd_replicates
+    from analysis.intervals import fd_replicates
     from analysis.metrics import frechet_distance_from_stats, gaussian_stats
 
     name = net.metric("FD")

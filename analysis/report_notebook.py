@@ -104,7 +104,7 @@ else:
 # %% [markdown]
 # ## Seeds and intervals
 # Every size x mask as a mean over its training seeds with a 95% bootstrap interval that resamples
-# the seeds and, for FD, the generated images of each seed (analysis/bootstrap.py). `class_acc`: the
+# the seeds and, for FD, the generated images of each seed (analysis/intervals.py). `class_acc`: the
 # evaluation classifier's accuracy on class-conditional samples (the label each image was drawn for).
 # Below: does FD fall from each size to the next beyond its interval?
 
@@ -476,7 +476,7 @@ if not claims_path.is_file():
 else:
     import json
 
-    claims = pd.DataFrame(json.loads(claims_path.read_text())["claims"])
+    document = json.loads(claims_path.read_text())
+    claims = pd.DataFrame(document["claims"]).assign(note=document.get("notes") or "")
     with pd.option_context("display.max_colwidth", 200):
-        display(claims[["claim", "metric", "var", "srdd", "delta", "ci_low", "ci_high", "n_seeds", "verdict",
-                        *(["note"] if "note" in claims else [])]])
+        display(claims[["claim", "metric", "var", "srdd", "delta", "ci_low", "ci_high", "n_seeds", "verdict", "note"]])

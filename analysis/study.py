@@ -1,7 +1,7 @@
 """A study directory read for comparisons: every training run by (size, mask, seed), its validation
 curve and its evaluation (with the sample-bootstrap replicates), and the comparisons the report and
 the claims table make from them, each a mean over seeds with a 95% bootstrap interval
-(analysis/bootstrap.py; docs/claims.md).
+(analysis/intervals.py; docs/claims.md).
 
     DIR/runs.csv                 one row per run: size, mask, seed, params, tokens, flops, flops_executed, fd, ...
     DIR/<run>/metrics.jsonl      ``val`` records (tokens, flops, flops_executed, loss) = the curve;
@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.bootstrap import delta_interval, mean_interval
+from analysis.intervals import delta_interval, mean_interval
 from pretrain.outputs import read_jsonl
 from pretrain.sizes import SIZES
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 
 import jsonschema
+import pandas as pd
 import pytest
 
-from analysis.claims import FIELDS, build_claims, claim_row, normal_delta, validate, verdict, write_claims
+from analysis.claims import (FIELDS, build_claims, claim_row, claims_document, normal_delta, validate, verdict,
+                             write_claims)
 from tests.fixtures.study_synthetic import make_study
 
 
@@ -19,7 +21,7 @@ def test_verdict_follows_the_interval_alone():
     assert row["verdict"] == "not run" and all(row[k] is None for k in FIELDS[3:9])  # numbers null when not run
     one_seed = claim_row("c", "s", "m", 1.0, 2.0, -1.0, float("nan"), float("nan"), 1)  # measured, nothing to resample
     assert one_seed["verdict"] == "inconclusive" and one_seed["ci_low"] is None and one_seed["delta"] == -1.0
-    validate({"format": "srdd-claims-v1", "study": "t", "claims": [row, one_seed]})
+    validate(claims_document("t", [row, one_seed]))
     assert claim_row("c", "s", "m", 2.0, 1.0, 1.0, 0.4, 1.6, 2)["verdict"] == "reproduced"
 
 
@@ -60,12 +62,14 @@ def test_claims_json_validates_and_what_was_not_run_is_null(tmp_path):
     # the synthetic study has no bench, refinement, distill, edit or ablation outputs
     assert {r["claim"].split(" (")[0] for r in not_run} >= {"SRDD samples at lower cost than VAR",
                                                             "The distilled short schedule keeps the teacher's quality"}
-    assert all(r["note"] and r["delta"] is None and r["n_seeds"] is None for r in not_run)
+    assert all(list(r) == list(FIELDS) for r in doc["claims"]) and len(doc["notes"]) == len(doc["claims"])
+    notes = dict(zip((r["claim"] for r in doc["claims"]), doc["notes"]))
+    assert all(notes[r["claim"]] and r["delta"] is None and r["n_seeds"] is None for r in not_run)
     bad = json.loads(json.dumps(doc))
     bad["claims"][0]["ci_low"] = -1.0  # "reproduced" with an interval reaching below 0
     with pytest.raises(jsonschema.ValidationError):
         validate(bad)
-    for key, value in (("verdict", "likely"), ("n_seeds", 0), ("extra", 1)):
+    for key, value in (("verdict", "likely"), ("n_seeds", 0), ("note", "x")):  # exactly the ten keys
         broken = json.loads(json.dumps(doc))
         broken["claims"][0][key] = value
         with pytest.raises(jsonschema.ValidationError):
@@ -78,13 +82,20 @@ def test_claims_from_the_study_csvs(tmp_path):
     (root / "refinement.csv").write_text(
         "model,method,rounds,sampling_flops,fd,fd_ci_low,fd_ci_high,n_images,n_seeds\n"
         "d2-srdd,onepass,0,1e9,10.0,9.5,10.5,200,3\nd2-srdd,restart,2,2e9,8.0,7.6,8.4,200,3\n")
-    (root / "distill.csv").write_text(
-        "model,scales,sampling_flops,latency_s,fd,fd_ci_low,fd_ci_high,n_seeds\nteacher,6,1e9,0.1,10.0,9.0,11.0,3\n"
-        "distilled,4,6e8,0.07,10.2,9.2,11.2,3\ndata_only,4,6e8,0.07,14.0,13.0,15.0,3\nreindexed,4,6e8,0.07,30,28,32,3\n")
-    (root / "edits.csv").write_text(
-        "model,mask,task,refine,psnr_all,psnr_all_ci_low,psnr_all_ci_high,n_seeds\n"
-        "var,centre,inpaint,none,20.0,19.9,20.1,3\nsrdd,centre,inpaint,none,19.0,18.9,19.1,3\n"
-        "var,centre,inpaint,mr,25.0,24.9,25.1,3\nsrdd,centre,inpaint,mr,30.0,29.9,30.1,3\n")
+    from analysis.distill_study import distill_goal
+
+    seeds = pd.DataFrame([{"model": m, "seed": k, "fd": fd + dk, "sampling_flops": f, "latency_s": 0.1}
+                          for m, fd, f in (("teacher", 10.0, 1e9), ("distilled", 10.2, 6e8), ("data_only", 14.0, 6e8),
+                                           ("reindexed", 30.0, 6e8)) for k, dk in enumerate((-0.5, 0.0, 0.5))])
+    table = seeds.groupby("model", sort=False).agg(fd=("fd", "mean"), sampling_flops=("sampling_flops", "mean"),
+                                                   n_seeds=("seed", "size")).reset_index()
+    table.assign(scales=[6, 4, 4, 4]).to_csv(root / "distill.csv", index=False)
+    (root / "distill_goal.json").write_text(json.dumps(distill_goal(table, seeds)))
+    # SRDD's PSNR 1 dB below VAR's on every mask, +-0.1 dB by seed; the refined rows must be ignored
+    pd.DataFrame([{"model": m, "mask": mask, "refine": refine, "seed": k,
+                   "psnr_all": (20.0 if m == "var" else 19.0) + (5.0 if refine == "mr" else 0.0) + 0.1 * (k - 1) * (m == "srdd")}
+                  for m in ("var", "srdd") for mask in ("centre", "x2") for refine in ("none", "mr") for k in range(3)]
+                 ).to_csv(root / "edits_seeds.csv", index=False)
     (root / "ablation").mkdir()
     cells = [("latent", "discrete", "residual", 10), ("latent", "discrete", "absolute", 12),
              ("latent", "continuous", "residual", 15), ("latent", "continuous", "absolute", 16),
@@ -101,11 +112,14 @@ def test_claims_from_the_study_csvs(tmp_path):
     refine = _by_claim(build_claims(root))["Refinement (resampling) improves SRDD samples at equal sampling FLOPs"]
     assert (refine["delta"], refine["ci_low"], refine["ci_high"], refine["verdict"]) == (2.0, -0.1, 2.5, "inconclusive")
     keep = rows["The distilled short schedule keeps the teacher's quality"]
-    assert keep["delta"] == pytest.approx(1.05 * 10.0 - 10.2) and keep["verdict"] == "inconclusive"
+    # paired seeds: 1.05 (10 + dk) - (10.2 + dk) = 0.3 + 0.05 dk, an interval of t(2) x sd / sqrt(3) around 0.3
+    assert keep["delta"] == pytest.approx(1.05 * 10.0 - 10.2) and keep["verdict"] == "reproduced"
+    assert keep["ci_low"] == pytest.approx(0.3 - 4.302653 * 0.025 / 3 ** 0.5, rel=1e-4) and keep["n_seeds"] == 3
     beats = rows["The distilled short schedule keeps the teacher's quality: distillation beats the data-only short schedule"]
     assert beats["verdict"] == "reproduced"
     zero = rows["SRDD reconstructs zero-shot (inpaint/outpaint/super-res) better than VAR"]
     assert zero["verdict"] == "contradicted" and zero["delta"] == pytest.approx(-1.0)  # refine=none rows only
+    assert zero["ci_high"] == pytest.approx(-1.0 + 4.302653 * 0.1 / 3 ** 0.5, rel=1e-4)  # t(2) over the 3 paired seeds
     levers = {c: r for c, r in rows.items() if "lever)" in c}
     assert len(levers) == 3 and all(r["verdict"] == "reproduced" for r in levers.values())
     space = next(r for c, r in levers.items() if "(space lever)" in c)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from analysis import study as st
-from analysis.bootstrap import delta_interval, fd_replicates, mean_interval
+from analysis.intervals import delta_interval, fd_replicates, mean_interval
 from analysis.metrics import frechet_distance, gaussian_stats
 from pretrain.config import load_config
 from tests.fixtures.study_synthetic import make_study
