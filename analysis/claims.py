@@ -368,8 +368,9 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     path = write_claims(args.study)
     rows = json.loads(path.read_text())["claims"]
     width = max(len(r["claim"]) for r in rows)
+    num = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731  (null: no interval, or not run)
     for r in rows:
-        nums = "" if r["verdict"] == "not run" else f"  delta {r['delta']:.4g} [{r['ci_low']:.4g}, {r['ci_high']:.4g}] n={r['n_seeds']}"
+        nums = "" if r["verdict"] == "not run" else f"  delta {num(r['delta'])} [{num(r['ci_low'])}, {num(r['ci_high'])}] n={r['n_seeds']}"
         print(f"{r['claim']:<{width}}  {r['verdict']:<12}{nums}")
     print(f"wrote {path}")
     return 0

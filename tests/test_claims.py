@@ -76,6 +76,20 @@ def test_claims_json_validates_and_what_was_not_run_is_null(tmp_path):
             validate(broken)
 
 
+def test_srdd_claims_prints_one_seed_rows_without_an_interval(tmp_path, capsys):
+    import argparse
+
+    from analysis.claims import main
+
+    root = make_study(tmp_path / "one", gain=0.05, seeds=(0,))  # one seed per cell: val-loss deltas have no interval
+    assert main(None, argparse.Namespace(study=str(root))) == 0
+    out = capsys.readouterr().out
+    rows = json.loads((root / "claims.json").read_text())["claims"]
+    one = [r for r in rows if r["verdict"] == "inconclusive" and r["ci_low"] is None]
+    assert one and all(r["n_seeds"] == 1 and r["delta"] is not None for r in one)
+    assert "[-, -] n=1" in out and out.strip().endswith("claims.json")
+
+
 def test_claims_from_the_study_csvs(tmp_path):
     """refinement.csv / distill.csv / edits.csv / ablation.csv, by their documented columns."""
     root = make_study(tmp_path / "s", gain=0.05)
