@@ -2,21 +2,18 @@
 
 Appends one record to ``<run>/metrics.jsonl``::
 
-    {"kind": "eval", "step", "n_samples", "FD-<net>", "FD-<net>_boot", "IS-<net>", "IS-<net>_std",
+    {"kind": "eval", "step", "n_samples", "FD-<net>", "IS-<net>", "IS-<net>_std",
      "precision-<net>", "recall-<net>", "KID-<net>", "KID-<net>_std", "class_acc-<net>",
      "val_loss", "val_acc", "val_loss_per_scale", "val_acc_per_scale", ["fd_by_scales"],
      "sampler": {...}, "feature_net": {"name", "sha256"}, "reference": {provenance}}
 
 (also as ``<run>/eval/step<step>-<net>.json`` beside the eval's config.yaml)
-and the quality-metric columns (plus ``fd``/``fd_metric``, ``fd_ci_low``/``fd_ci_high``,
-``class_acc``; not val_* and not the replicates) to the run's row of ``runs.csv`` when that table
-exists. Quality metrics compare ``--samples`` images drawn with the configured ``sample.*``
+and the quality-metric columns (plus ``fd``/``fd_metric``, ``class_acc``; not val_*) to the run's
+row of ``runs.csv`` when that table exists. Quality metrics compare ``--samples`` images drawn with the configured ``sample.*``
 settings (classes balanced) against the val split's cached reference features; token metrics are
-teacher-forced CE and accuracy per scale on the val pyramid shards. ``FD-<net>_boot``: FD of
-bootstrap resamples of the generated images (analysis/intervals.py: the study's intervals over
-samples); ``class_acc-<net>``: the feature network's classifier accuracy on the class-conditional
+teacher-forced CE and accuracy per scale on the val pyramid shards. ``class_acc-<net>``: the feature network's classifier accuracy on the class-conditional
 samples (the label each image was sampled for); ``KID-<net>_std`` is null when the KID subsets
-are whole sets (analysis/metrics/kid.py). ``--fd-by-scales``: FD (and replicates) of the same
+are whole sets (analysis/metrics/kid.py). ``--fd-by-scales``: FD of the same
 samples decoded from their first k scales only, k = 1..K (``fd_by_scales``: how much of the
 quality the first coarse-to-fine steps reach).
 """
@@ -42,24 +39,13 @@ SAMPLER_KEYS = ("cfg", "cfg_schedule", "top_k", "top_p", "temperature", "seed", 
                 "refine_rounds", "p_resample", "refine_depth", "refine_scales", "policy_ckpt")
 
 
-def fd_with_replicates(net: Any, ref: Any, feats_ND: np.ndarray, seed: int) -> dict[str, Any]:
-    """``FD-<net>`` and ``FD-<net>_boot`` (its bootstrap replicates over the generated images)."""
-    from analysis.intervals import fd_replicates
-    from analysis.metrics import frechet_distance_from_stats, gaussian_stats
-
-    name = net.metric("FD")
-    return {name: frechet_distance_from_stats(gaussian_stats(feats_ND, "generated"), ref.stats),
-            f"{name}_boot": [round(float(v), 6) for v in fd_replicates(feats_ND, ref.stats, seed=seed)]}
-
-
 def quality_metrics(net: Any, ref: Any, feats_ND: np.ndarray, probs_NC: np.ndarray | None, eval_cfg: Any,
-                    labels_N: np.ndarray | None = None, seed: int = 0) -> dict[str, Any]:
-    """FD (with its sample-bootstrap replicates), IS and class accuracy on ``labels_N`` (when the
-    network has a classifier head), precision/recall and (optionally) KID of generated features vs
-    the reference, named by network."""
-    from analysis.metrics import inception_score, kernel_distance, precision_recall
+                    labels_N: np.ndarray | None = None) -> dict[str, Any]:
+    """FD, IS and class accuracy on ``labels_N`` (when the network has a classifier head),
+    precision/recall and (optionally) KID of generated features vs the reference, named by network."""
+    from analysis.metrics import frechet_distance_from_stats, gaussian_stats, inception_score, kernel_distance, precision_recall
 
-    out: dict[str, Any] = fd_with_replicates(net, ref, feats_ND, seed)
+    out: dict[str, Any] = {net.metric("FD"): frechet_distance_from_stats(gaussian_stats(feats_ND, "generated"), ref.stats)}
     if probs_NC is not None:
         out[net.metric("IS")], out[net.metric("IS") + "_std"] = inception_score(probs_NC, splits=min(eval_cfg.is_splits, len(probs_NC)))
         if labels_N is not None and probs_NC.shape[1] > int(np.max(labels_N)):
@@ -72,19 +58,13 @@ def quality_metrics(net: Any, ref: Any, feats_ND: np.ndarray, probs_NC: np.ndarr
 
 
 def runs_csv_columns(record: dict[str, Any]) -> dict[str, Any]:
-    """The runs.csv columns of an eval record: the quality metrics (no replicates; the table's
-    val_loss stays the training run's full val pass, what the fits read), ``fd``/``fd_metric``, the
-    FD's interval over the generated images (``fd_ci_low``/``fd_ci_high``: the replicates'
-    percentile interval moved so that its median sits on ``fd``), ``class_acc`` and ``fid_inception``."""
-    from analysis.metrics.frechet import centred_interval
-
+    """The runs.csv columns of an eval record: the quality metrics (the table's val_loss stays the
+    training run's full val pass, what the fits read), ``fd``/``fd_metric``, ``class_acc`` and
+    ``fid_inception``. Intervals are over seeds, made where runs are compared (analysis/study.py)."""
     net = record["feature_net"]["name"]
     fd_name = next(k for k in (f"FD-{net}", f"FID-{net}") if k in record)
-    columns = {k: v for k, v in record.items() if "-" in k and not k.endswith("_boot") and not k.startswith("val_")}
+    columns = {k: v for k, v in record.items() if "-" in k and not k.startswith("val_")}
     columns |= {"fd": record[fd_name], "fd_metric": fd_name}
-    boot = record.get(f"{fd_name}_boot")
-    if boot:
-        columns["fd_ci_low"], columns["fd_ci_high"] = centred_interval(record[fd_name], np.asarray(boot))
     acc = next((k for k in record if k.startswith("class_acc-")), None)
     if acc:
         columns["class_acc"] = record[acc]
@@ -110,16 +90,17 @@ def update_runs_csv(path: Path, run: str, values: dict[str, Any]) -> bool:
     return bool(hit)
 
 
-def fd_by_scales(net: Any, ref: Any, vae: Any, pyramids: list[list[torch.Tensor]], seed: int) -> list[dict[str, Any]]:
-    """FD (and replicates) of the samples decoded from their first k scales, k = 1..K: the quality
+def fd_by_scales(net: Any, ref: Any, vae: Any, pyramids: list[list[torch.Tensor]]) -> list[dict[str, Any]]:
+    """FD of the samples decoded from their first k scales, k = 1..K: the quality
     each coarse-to-fine step reaches (the full-K row equals the eval's FD)."""
+    from analysis.metrics import frechet_distance_from_stats, gaussian_stats
+
     K = len(pyramids[0])
     out = []
     for k in range(1, K + 1):
         images = [vae.fhat_to_img(vae.fhat_from_pyramid(idx_list, upto=k)) for idx_list in pyramids]
         feats_ND, _ = net.extract(images)
-        row = fd_with_replicates(net, ref, feats_ND, seed)
-        out.append({"scales": k, "fd": row[net.metric("FD")], "fd_boot": row[net.metric("FD") + "_boot"]})
+        out.append({"scales": k, "fd": frechet_distance_from_stats(gaussian_stats(feats_ND, "generated"), ref.stats)})
     return out
 
 
@@ -223,11 +204,11 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
         chunks = list(sample_in_batches(model, vae, labels_N, cfg.sample))
     images = [img for img, _ in chunks]
     feats_ND, probs_NC = net.extract(images)
-    quality = quality_metrics(net, ref, feats_ND, probs_NC, cfg.eval, labels_N.numpy(), seed=cfg.sample.seed)
+    quality = quality_metrics(net, ref, feats_ND, probs_NC, cfg.eval, labels_N.numpy())
     by_scales = {}
     if args.fd_by_scales:
         with torch.no_grad():
-            by_scales["fd_by_scales"] = fd_by_scales(net, ref, vae, [pyr for _, pyr in chunks], cfg.sample.seed)
+            by_scales["fd_by_scales"] = fd_by_scales(net, ref, vae, [pyr for _, pyr in chunks])
     fid: dict[str, float] = {}
     fid_provenance: dict[str, Any] = {}
     if cfg.eval.fid_inception:
@@ -245,6 +226,6 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     table = Path(args.runs_csv) if args.runs_csv else run.parent / "runs.csv"
     if args.runs_csv != "none" and update_runs_csv(table, run.name, columns):
         log.info("updated %s", table)
-    print(json.dumps({k: v for k, v in record.items() if k not in ("sampler", "reference", "fd_by_scales")
-                      and not k.endswith("_boot")}, sort_keys=True))
+    print(json.dumps({k: v for k, v in record.items() if k not in ("sampler", "reference", "fd_by_scales")},
+                     sort_keys=True))
     return 0

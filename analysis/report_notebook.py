@@ -103,8 +103,9 @@ else:
 
 # %% [markdown]
 # ## Seeds and intervals
-# Every size x mask as a mean over its training seeds with a 95% bootstrap interval that resamples
-# the seeds and, for FD, the generated images of each seed (analysis/intervals.py). `class_acc`: the
+# Every size x mask as a mean over its training seeds with its 95% t interval (analysis/intervals.py:
+# each seed repeats training and the evaluation's sampling, so the seeds' spread holds both; one
+# seed has no interval and draws no bar). `class_acc`: the
 # evaluation classifier's accuracy on class-conditional samples (the label each image was drawn for).
 # Below: does FD fall from each size to the next beyond its interval?
 
@@ -122,7 +123,7 @@ else:
     if "fd" in summary:
         fig, ax = plt.subplots()
         for mask, sub in summary.groupby("mask"):
-            err = np.vstack([sub["fd"] - sub["fd_ci_low"], sub["fd_ci_high"] - sub["fd"]])
+            err = np.nan_to_num(np.vstack([sub["fd"] - sub["fd_ci_low"], sub["fd_ci_high"] - sub["fd"]]))
             ax.errorbar(sub["params"], sub["fd"], yerr=err, fmt="o-", capsize=3, label=str(mask))
         ax.set_xscale("log")
         ax.set_xlabel("parameters")
@@ -221,7 +222,8 @@ else:
                 if cells:
                     xs = [c for c, _ in cells]
                     fd = np.array([r["fd"] for _, r in cells])
-                    err = np.vstack([fd - [r["fd_ci_low"] for _, r in cells], [r["fd_ci_high"] for _, r in cells] - fd])
+                    err = np.nan_to_num(np.vstack([fd - [r["fd_ci_low"] for _, r in cells],
+                                                   [r["fd_ci_high"] for _, r in cells] - fd]))
                     ax.errorbar(xs, fd, yerr=err, fmt="o-", capsize=3, label=mask)
             ax.set_xscale("log")
             ax.set_xlabel(f"training {st.FLOP_COLUMNS[x]}")

@@ -4,7 +4,7 @@
 val_loss_s0..val_loss_s{K-1},status``, then ``flops_executed`` (the FLOPs the attention path
 runs; ``flops`` counts attended keys only, pretrain/model/flops.py) and ``seed`` (the run's
 training seed: data order and init), then what later stages add (``srdd eval``: ``fd``,
-``fd_ci_low``/``fd_ci_high``, ``class_acc``, ...). The numbers come from the run directory
+``class_acc``, ...). The numbers come from the run directory
 (final.json, the last records of metrics.jsonl, config.yaml for the seed of runs whose final.json
 predates it); ``status`` from whoever ran it: the orchestration's completion check
 (slurm.runs.run_status: completed | incomplete | failed | stale).

@@ -1,11 +1,11 @@
 """A study directory read for comparisons: every training run by (size, mask, seed), its validation
-curve and its evaluation (with the sample-bootstrap replicates), and the comparisons the report and
-the claims table make from them, each a mean over seeds with a 95% bootstrap interval
+curve and its evaluation, and the comparisons the report and the claims table make from them, each
+a mean over seeds with its 95% t interval, paired by seed where the runs share one
 (analysis/intervals.py; docs/claims.md).
 
     DIR/runs.csv                 one row per run: size, mask, seed, params, tokens, flops, flops_executed, fd, ...
     DIR/<run>/metrics.jsonl      ``val`` records (tokens, flops, flops_executed, loss) = the curve;
-                                 the last ``eval`` record (FD-<net>_boot, fd_by_scales, ...)
+                                 the last ``eval`` record (FD-<net>, class_acc-<net>, fd_by_scales, ...)
 
 Two FLOP columns (docs/model.md): ``flops`` counts attended (query, key) pairs only, ``flops_executed``
 what the attention path computes. Every function taking ``x`` says which one it uses.
@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.intervals import delta_interval, mean_interval
+from analysis.intervals import mean_ci, paired_ci, welch_ci
 from pretrain.outputs import read_jsonl
 from pretrain.sizes import SIZES
 
@@ -45,23 +45,22 @@ class Run:
     def fd_metric(self) -> Optional[str]:
         """The eval's FD key: ``FD-<net>`` (``FID-<net>`` for an Inception feature network)."""
         net = self.eval.get("feature_net", {}).get("name")
-        keys = (f"FD-{net}", f"FID-{net}") if net else tuple(k for k in self.eval if k.startswith("FD-") and not k.endswith("_boot"))
+        keys = (f"FD-{net}", f"FID-{net}") if net else tuple(k for k in self.eval if k.startswith("FD-"))
         return next((k for k in keys if k in self.eval), None)
 
-    def metric(self, name: str) -> tuple[Optional[float], Optional[list[float]]]:
-        """(value, sample-bootstrap replicates or None) of ``val_loss``, ``fd``, ``class_acc`` or ``fid_inception``."""
+    def metric(self, name: str) -> Optional[float]:
+        """``val_loss``, ``fd``, ``class_acc`` or ``fid_inception`` of this run (None: not evaluated)."""
         if name == "val_loss":
-            return self.val_loss, None
+            return self.val_loss if math.isfinite(self.val_loss) else None
         if name == "fd":
             key = self.fd_metric
-            return (self.eval[key], self.eval.get(f"{key}_boot")) if key else (None, None)
-        if name == "class_acc":
+        elif name == "class_acc":
             key = next((k for k in self.eval if k.startswith("class_acc-")), None)
-            return (self.eval[key], None) if key else (None, None)
-        if name == "fid_inception":  # the packaged TF-Inception FID beside the feature network's FD (evaluate.py)
+        elif name == "fid_inception":  # the packaged TF-Inception FID beside the feature network's FD (evaluate.py)
             key = f"FID-{self.eval['fid_network']['name']}" if "fid_network" in self.eval else None
-            return (self.eval[key], None) if key in self.eval else (None, None)
-        raise KeyError(f"unknown metric {name!r}")
+        else:
+            raise KeyError(f"unknown metric {name!r}")
+        return self.eval.get(key) if key else None
 
 
 def _num(value: Any, default: float = math.nan) -> float:
@@ -112,18 +111,19 @@ def cell(runs: Sequence[Run], size: str, mask: str) -> list[Run]:
     return sorted((r for r in runs if r.size == size and r.mask == mask), key=lambda r: r.seed)
 
 
-def cell_interval(cell_runs: Sequence[Run], metric: str, seed: int = 0) -> Optional[tuple[float, float, float, int]]:
+def values_of(cell_runs: Sequence[Run], metric: str) -> list[float]:
+    """``metric`` of every run of a cell that has it."""
+    return [v for v in (r.metric(metric) for r in cell_runs) if v is not None and np.isfinite(v)]
+
+
+def cell_interval(cell_runs: Sequence[Run], metric: str) -> Optional[tuple[float, float, float, int]]:
     """(mean over seeds, low, high, n_seeds) of ``metric`` in one cell (None when no run has it)."""
-    pairs = [r.metric(metric) for r in cell_runs]
-    pairs = [(v, reps) for v, reps in pairs if v is not None and np.isfinite(v)]
-    if not pairs:
-        return None
-    mean, lo, hi = mean_interval([v for v, _ in pairs], [reps for _, reps in pairs], seed=seed)
-    return mean, lo, hi, len(pairs)
+    values = values_of(cell_runs, metric)
+    return (*mean_ci(values), len(values)) if values else None
 
 
 def summary(runs: Sequence[Run], metrics: Sequence[str] = ("val_loss", "fd", "class_acc", "fid_inception")) -> pd.DataFrame:
-    """Per (size, mask): n_seeds and each metric's mean with its 95% interval (seeds and samples)."""
+    """Per (size, mask): n_seeds and each metric's mean with its 95% interval over seeds."""
     rows = []
     for size in sizes_of(runs):
         for mask in sorted({r.mask for r in runs}):
@@ -185,15 +185,13 @@ class Comparison:
     detail: str = ""
 
 
-def _compare(var_vals: Sequence[float], srdd_vals: Sequence[float], var_reps: Any = None, srdd_reps: Any = None,
-             detail: str = "") -> Optional[Comparison]:
+def _compare(var_vals: Sequence[float], srdd_vals: Sequence[float], detail: str = "") -> Optional[Comparison]:
+    """VAR - SRDD over the seeds where both sides are finite, paired seed by seed."""
     keep = [i for i, (a, b) in enumerate(zip(var_vals, srdd_vals)) if np.isfinite(a) and np.isfinite(b)]
     if not keep:
         return None
     a, b = [var_vals[i] for i in keep], [srdd_vals[i] for i in keep]
-    ra = [var_reps[i] for i in keep] if var_reps is not None else None
-    rb = [srdd_reps[i] for i in keep] if srdd_reps is not None else None
-    delta, lo, hi = delta_interval(a, b, ra, rb, paired=True)
+    delta, lo, hi = paired_ci(a, b)
     return Comparison(float(np.mean(a)), float(np.mean(b)), delta, lo, hi, len(keep), detail)
 
 
@@ -214,11 +212,10 @@ def equal_compute_loss(runs: Sequence[Run], size: str, x: str = "flops") -> Opti
 def equal_tokens(runs: Sequence[Run], size: str, metric: str) -> Optional[Comparison]:
     """``metric`` (fd, fid_inception, val_loss) of VAR and SRDD trained on the same tokens (paired by seed)."""
     pairs = [(v.metric(metric), s.metric(metric)) for v, s in paired(runs, size)]
-    pairs = [(a, b) for a, b in pairs if a[0] is not None and b[0] is not None]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
     if not pairs:
         return None
-    return _compare([a[0] for a, _ in pairs], [b[0] for _, b in pairs], [a[1] for a, _ in pairs],
-                    [b[1] for _, b in pairs])
+    return _compare([a for a, _ in pairs], [b for _, b in pairs])
 
 
 def convergence_threshold(runs: Sequence[Run], size: str, fraction: float = 1.0) -> float:
@@ -243,17 +240,14 @@ def convergence(runs: Sequence[Run], size: str, x: str = "tokens", fraction: flo
 
 def size_trend(runs: Sequence[Run], mask: str, metric: str = "fd") -> list[dict[str, Any]]:
     """Per consecutive pair of sizes of one mask: mean(smaller) - mean(larger) with its interval
-    (positive: the metric falls with size), seeds resampled independently per size."""
+    (positive: the metric falls with size), Welch's t (the sizes' seeds are independent runs)."""
     out = []
     sizes = [s for s in sizes_of(runs) if cell(runs, s, mask)]
     for small, large in zip(sizes, sizes[1:]):
-        a = [r.metric(metric) for r in cell(runs, small, mask)]
-        b = [r.metric(metric) for r in cell(runs, large, mask)]
-        a, b = [p for p in a if p[0] is not None], [p for p in b if p[0] is not None]
+        a, b = values_of(cell(runs, small, mask), metric), values_of(cell(runs, large, mask), metric)
         if not a or not b:
             continue
-        delta, lo, hi = delta_interval([v for v, _ in a], [v for v, _ in b], [r for _, r in a], [r for _, r in b],
-                                       paired=False)
+        delta, lo, hi = welch_ci(a, b)
         out.append({"mask": mask, "smaller": small, "larger": large, "metric": metric, "decrease": delta,
                     "ci_low": lo, "ci_high": hi, "falls": lo > 0})
     return out
@@ -266,7 +260,7 @@ def fd_by_scales(cell_runs: Sequence[Run]) -> pd.DataFrame:
         return pd.DataFrame()
     rows = []
     for k in range(len(per_seed[0])):
-        mean, lo, hi = mean_interval([p[k]["fd"] for p in per_seed], [p[k]["fd_boot"] for p in per_seed])
+        mean, lo, hi = mean_ci([p[k]["fd"] for p in per_seed])
         rows.append({"scales": per_seed[0][k]["scales"], "fd": mean, "fd_ci_low": lo, "fd_ci_high": hi,
                      "n_seeds": len(per_seed)})
     return pd.DataFrame(rows)
@@ -274,22 +268,13 @@ def fd_by_scales(cell_runs: Sequence[Run]) -> pd.DataFrame:
 
 def coarse_to_fine_gain(cell_runs: Sequence[Run], k: int) -> Optional[tuple[float, float, float, int]]:
     """Share of the FD improvement from 1 scale to all K that the first ``k`` scales reach,
-    (FD_1 - FD_k) / (FD_1 - FD_K), mean over seeds with its interval. The FD replicates of one
-    eval use the same image resamples at every k, so the ratio is formed replicate by replicate."""
-    values, reps = [], []
+    (FD_1 - FD_k) / (FD_1 - FD_K), per seed, then its mean over seeds with the t interval."""
+    values = []
     for r in cell_runs:
         rows = r.eval.get("fd_by_scales")
         if not rows or k > len(rows):
             continue
-        first, at, full = rows[0], rows[k - 1], rows[-1]
-        if first["fd"] <= full["fd"]:
-            continue  # no improvement to share out
-        values.append((first["fd"] - at["fd"]) / (first["fd"] - full["fd"]))
-        f1, fk, fK = (np.asarray(x["fd_boot"], dtype=float) for x in (first, at, full))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = (f1 - fk) / (f1 - fK)
-        reps.append(ratio[np.isfinite(ratio)])
-    if not values:
-        return None
-    mean, lo, hi = mean_interval(values, reps)
-    return mean, lo, hi, len(values)
+        first, at, full = rows[0]["fd"], rows[k - 1]["fd"], rows[-1]["fd"]
+        if first > full:  # else no improvement to share out
+            values.append((first - at) / (first - full))
+    return (*mean_ci(values), len(values)) if values else None

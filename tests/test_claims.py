@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 
 import jsonschema
+import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.claims import (FIELDS, build_claims, claim_row, claims_document, normal_delta, validate, verdict,
+from analysis.claims import (FIELDS, build_claims, claim_row, claims_document, validate, verdict,
                              write_claims)
 from tests.fixtures.study_synthetic import make_study
 
@@ -23,12 +24,6 @@ def test_verdict_follows_the_interval_alone():
     assert one_seed["verdict"] == "inconclusive" and one_seed["ci_low"] is None and one_seed["delta"] == -1.0
     validate(claims_document("t", [row, one_seed]))
     assert claim_row("c", "s", "m", 2.0, 1.0, 1.0, 0.4, 1.6, 2)["verdict"] == "reproduced"
-
-
-def test_normal_delta_recovers_the_interval_of_a_difference():
-    # a +- 1.96, b +- 1.96 (se 1 each): the difference has se sqrt(2)
-    d, lo, hi = normal_delta(5.0, 5 - 1.959964, 5 + 1.959964, 3.0, 3 - 1.959964, 3 + 1.959964)
-    assert d == 2.0 and hi - lo == pytest.approx(2 * 1.959964 * 2 ** 0.5, rel=1e-6)
 
 
 def _by_claim(rows):
@@ -94,8 +89,12 @@ def test_claims_from_the_study_csvs(tmp_path):
     """refinement.csv / distill.csv / edits.csv / ablation.csv, by their documented columns."""
     root = make_study(tmp_path / "s", gain=0.05)
     (root / "refinement.csv").write_text(
-        "model,method,rounds,sampling_flops,fd,fd_ci_low,fd_ci_high,n_images,n_seeds\n"
-        "d2-srdd,onepass,0,1e9,10.0,9.5,10.5,200,3\nd2-srdd,restart,2,2e9,8.0,7.6,8.4,200,3\n")
+        "model,method,rounds,sampling_flops,fd,fd_ci_low,fd_ci_high,n_images,n_seeds,setting\n"
+        "d2-srdd,onepass,0,1e9,10.0,9.5,10.5,200,3,a\nd2-srdd,restart,1,2e9,9.0,8.6,9.4,200,3,b\n"
+        "d2-srdd,restart,2,3e9,8.0,7.6,8.4,200,3,b\n")
+    (root / "refinement.json").write_text(json.dumps({"verdicts": [  # refine-study's own seed-paired intervals
+        {"model": "d2-srdd", "method": "restart", "rounds": r, "setting": "b", "baseline": "onepass (a)", "fd_gain": g,
+         "ci_low": lo, "ci_high": hi, "flops_ratio": f} for r, g, lo, hi, f in ((1, 1.0, 0.5, 1.5, 2.0), (2, 2.0, -0.1, 4.1, 3.0))]}))
     from analysis.distill_study import distill_goal
 
     seeds = pd.DataFrame([{"model": m, "seed": k, "fd": fd + dk, "sampling_flops": f, "latency_s": 0.1}
@@ -112,19 +111,16 @@ def test_claims_from_the_study_csvs(tmp_path):
                  ).to_csv(root / "edits_seeds.csv", index=False)
     (root / "ablation").mkdir()
     cells = [("latent", "discrete", "residual", 10), ("latent", "discrete", "absolute", 12),
-             ("latent", "continuous", "residual", 15), ("latent", "continuous", "absolute", 16),
-             ("pixel", "discrete", "residual", 11), ("pixel", "discrete", "absolute", 14),
-             ("pixel", "continuous", "residual", 20), ("pixel", "continuous", "absolute", 22)]
+             ("latent", "continuous", "residual", 15), ("latent", "continuous", "absolute", 17),
+             ("pixel", "discrete", "residual", 13), ("pixel", "discrete", "absolute", 15.5),
+             ("pixel", "continuous", "residual", 19), ("pixel", "continuous", "absolute", 21.5)]
     (root / "ablation" / "ablation.csv").write_text(
         "cell,space,codes,bands,fd\n" + "".join(f"{a}-{b}-{c},{a},{b},{c},{fd}\n" for a, b, c, fd in cells))
     rows = _by_claim(build_claims(root))
     refine = rows["Refinement (resampling) improves SRDD samples at equal sampling FLOPs"]
-    assert refine["verdict"] == "reproduced" and refine["delta"] == pytest.approx(2.0)  # rows' bounds read as normal
-    (root / "refinement.json").write_text(json.dumps({"verdicts": [  # refine-study's own paired bootstrap wins
-        {"model": "d2-srdd", "method": "restart", "rounds": 2, "baseline": "onepass", "fd_minus_baseline": -2.0,
-         "ci_low": -2.5, "ci_high": 0.1}]}))
-    refine = _by_claim(build_claims(root))["Refinement (resampling) improves SRDD samples at equal sampling FLOPs"]
-    assert (refine["delta"], refine["ci_low"], refine["ci_high"], refine["verdict"]) == (2.0, -0.1, 2.5, "inconclusive")
+    # the largest gain is picked (R=2), with its own interval: inconclusive although R=1's alone is above 0
+    assert (refine["delta"], refine["ci_low"], refine["ci_high"], refine["verdict"]) == (2.0, -0.1, 4.1, "inconclusive")
+    assert (refine["var"], refine["srdd"], refine["n_seeds"]) == (10.0, 8.0, 3)
     keep = rows["The distilled short schedule keeps the teacher's quality"]
     # paired seeds: 1.05 (10 + dk) - (10.2 + dk) = 0.3 + 0.05 dk, an interval of t(2) x sd / sqrt(3) around 0.3
     assert keep["delta"] == pytest.approx(1.05 * 10.0 - 10.2) and keep["verdict"] == "reproduced"
@@ -137,4 +133,5 @@ def test_claims_from_the_study_csvs(tmp_path):
     levers = {c: r for c, r in rows.items() if "lever)" in c}
     assert len(levers) == 3 and all(r["verdict"] == "reproduced" for r in levers.values())
     space = next(r for c, r in levers.items() if "(space lever)" in c)
-    assert space["delta"] == pytest.approx((1 + 2 + 5 + 6) / 4)  # pixel - latent over the 4 matched pairs
+    assert space["delta"] == pytest.approx((3 + 3.5 + 4 + 4.5) / 4)  # pixel - latent over the 4 matched pairs
+    assert space["ci_low"] == pytest.approx(3.75 - 3.182446 * np.std([3, 3.5, 4, 4.5], ddof=1) / 2, rel=1e-5)

@@ -109,8 +109,7 @@ def test_demo_quick_end_to_end_offline_and_resumable(tmp_path):
     edits = pd.read_csv(study / "edits.csv")
     assert set(edits["model"]) == {"var", "srdd"} and set(edits["refine"]) == {"none", "sr"}
     assert set(edits["mask"]) == {"centre", "random", "half", "x2", "x4"} and "Zero-shot reconstruction" in html
-    assert {"seed", "flops_executed", "fd_ci_low", "fd_ci_high", "class_acc"} <= set(runs.columns)
-    assert (runs["fd_ci_low"] <= runs["fd"]).all() and (runs["fd"] <= runs["fd_ci_high"]).all()
+    assert {"seed", "flops_executed", "class_acc"} <= set(runs.columns) and runs["class_acc"].between(0, 1).all()
     from analysis.claims import validate
 
     claims = json.loads((study / "claims.json").read_text())

@@ -8,37 +8,24 @@ import pytest
 import torch
 
 from analysis import study as st
-from analysis.intervals import delta_interval, fd_replicates, mean_interval
-from analysis.metrics import frechet_distance, gaussian_stats
+from analysis.intervals import mean_ci, paired_ci, welch_ci
 from pretrain.config import load_config
 from tests.fixtures.study_synthetic import make_study
 
 
-def test_fd_replicates_are_fds_of_resampled_images():
-    rng = np.random.default_rng(1)
-    real, fake = rng.normal(size=(300, 6)), rng.normal(0.3, 1.2, size=(120, 6))
-    reps = fd_replicates(fake, gaussian_stats(real), n_boot=5, seed=7)
-    draw = np.random.default_rng(7)
-    for value in reps:  # the same resamples, scored with scipy's sqrtm path
-        assert value == pytest.approx(frechet_distance(fake[draw.integers(0, 120, 120)], real), rel=1e-7)
-    assert reps.std() > 0
+def test_paired_and_welch_intervals_match_scipy():
+    from scipy import stats
 
-
-def test_mean_and_delta_intervals():
-    mean, lo, hi = mean_interval([2.0])  # one seed, no sample replicates: no interval at all
-    assert mean == 2.0 and np.isnan(lo) and np.isnan(hi)
-    assert np.isnan(delta_interval([1.0], [0.5])[1])
-    mean, lo, hi = mean_interval([1.0, 2.0, 3.0])
-    assert mean == 2.0 and 1.0 <= lo < 2.0 < hi <= 3.0
-    # one seed with sample replicates: the interval is theirs, centred on the seed's own value
-    reps = np.random.default_rng(0).normal(10.0, 1.0, 4000)
-    mean, lo, hi = mean_interval([5.0], [reps])
-    assert mean == 5.0 and lo == pytest.approx(5 - 1.96, abs=0.15) and hi == pytest.approx(5 + 1.96, abs=0.15)
-    # paired seeds that differ by exactly 1: the seed noise cancels; unpaired it does not
-    a, b = [1.0, 5.0, 9.0], [0.0, 4.0, 8.0]
-    assert delta_interval(a, b) == pytest.approx((1.0, 1.0, 1.0))
-    d, lo, hi = delta_interval(a, b, paired=False)
-    assert d == 1.0 and lo < 0 < hi
+    assert np.isnan(mean_ci([2.0])[1]) and np.isnan(paired_ci([1.0], [0.5])[1])  # one seed: no interval
+    a, b = [1.0, 5.0, 9.0], [0.1, 4.0, 7.9]  # paired: the seed noise (1, 5, 9) cancels
+    d, lo, hi = paired_ci(a, b)
+    ref = stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert d == pytest.approx(1.0) and (lo, hi) == pytest.approx((ref.low, ref.high)) and lo > 0
+    d, lo, hi = welch_ci(a, b)  # the same numbers as independent runs: the seed noise stays
+    ref = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert d == pytest.approx(1.0) and (lo, hi) == pytest.approx((ref.low, ref.high)) and lo < 0 < hi
+    with pytest.raises(ValueError, match="as many seeds"):
+        paired_ci([1.0, 2.0], [1.0])
 
 
 def test_curves_are_read_at_equal_flops_and_thresholds(tmp_path):

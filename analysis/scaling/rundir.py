@@ -47,14 +47,13 @@ class RunsDir:
         return pd.DataFrame(rows)
 
     def eval_table(self) -> pd.DataFrame | None:
-        """The last eval record of each run (metric columns only; the sampler settings, the bootstrap
-        replicates and FD by number of scales are dropped)."""
+        """The last eval record of each run (metric columns only; the sampler settings and FD by
+        number of scales are dropped)."""
         rows = []
         for run in self.runs():
             ev = self.records(run, "eval")
             if len(ev):
-                drop = ["kind", "sampler", "fd_by_scales", *(c for c in ev.columns if c.endswith("_boot"))]
-                last = ev.iloc[-1].drop(labels=drop, errors="ignore").dropna()
+                last = ev.iloc[-1].drop(labels=["kind", "sampler", "fd_by_scales"], errors="ignore").dropna()
                 rows.append({"run": run, **last.to_dict()})
         return pd.DataFrame(rows).set_index("run") if rows else None
 
