@@ -106,3 +106,22 @@ def test_demo_modes_and_explicit_flags():
     assert len(demo.seeds) >= 2 and not demo.mode.isoflop_budgets and not demo.mode.ablation
     mine = make_study(ns(full=True, sizes="d2,d3", seeds="4", tokens=1000.0, eval_samples=7), cfg, [])
     assert (mine.sizes, mine.seeds, mine.tokens, mine.eval_samples) == (["d2", "d3"], [4], 1000, 7)
+
+
+def test_srdd_sweep_takes_seeds_and_overrides_after_list_flags():
+    import argparse
+
+    from slurm.sweep import add_arguments, grid, route_overrides
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(["--sizes", "d1", "--masks", "var", "srdd", "--seeds", "0", "2", "train.lr_peak=1e-3",
+                              "--tokens", "4000", "train.batch_size=8"])
+    route_overrides(args)
+    assert (args.seeds, args.tokens, args.masks) == ([0, 2], [4000.0], ["var", "srdd"])
+    assert sorted(args.overrides) == ["train.batch_size=8", "train.lr_peak=1e-3"]
+    cfgs = grid("sw", args.sizes, args.masks, args.tokens, args.flops, args.overrides, args.seeds)
+    assert [c.run_name for c in cfgs] == ["sw/d1-var-4e03", "sw/d1-var-4e03-seed2", "sw/d1-srdd-4e03",
+                                          "sw/d1-srdd-4e03-seed2"]
+    assert [c.seed for c in cfgs] == [0, 2, 0, 2] and all(c.train.batch_size == 8 for c in cfgs)
