@@ -87,11 +87,18 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
 
 
 def _defer_required(parser: argparse.ArgumentParser) -> None:
-    """Check a stage's required flags after the config, so `--print-config` and key errors come first."""
-    deferred = [a for a in parser._actions if a.required and a.option_strings]
-    for action in deferred:
-        action.required = False
-    parser.set_defaults(_required=[(a.dest, "/".join(a.option_strings)) for a in deferred], _parser=parser)
+    """Check a stage's required flags (and required one-of groups, e.g. ``--tokens | --flops``) after
+    the config, so `--print-config` and key errors come first. A requirement is met when any of its
+    flags was given (their defaults must be None)."""
+    groups = [[a] for a in parser._actions if a.required and a.option_strings]
+    groups += [list(g._group_actions) for g in parser._mutually_exclusive_groups if g.required]
+    for actions in groups:
+        for action in actions:
+            action.required = False
+    for group in parser._mutually_exclusive_groups:
+        group.required = False
+    parser.set_defaults(_required=[([a.dest for a in actions], " | ".join("/".join(a.option_strings) for a in actions))
+                                   for actions in groups], _parser=parser)
 
 
 def _stage_of(argv: Sequence[str]) -> str | None:
@@ -117,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    missing = [flag for dest, flag in getattr(args, "_required", []) if getattr(args, dest, None) is None]
+    missing = [flags for dests, flags in getattr(args, "_required", [])
+               if all(getattr(args, dest, None) is None for dest in dests)]
     if missing:
         args._parser.error(f"the following arguments are required: {', '.join(missing)}")
     module = importlib.import_module(STAGES[args.stage].module)

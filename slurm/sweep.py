@@ -82,8 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", nargs="+", default=["0"],
                         help="training seeds of every cell (data order and init; run names get -seed<S> for S != 0)")
     budget = parser.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--tokens", nargs="+", default=[], help="token budgets per run")
-    budget.add_argument("--flops", nargs="+", default=[], help="isoFLOP budgets (training FLOPs)")
+    budget.add_argument("--tokens", nargs="+", help="token budgets per run")
+    budget.add_argument("--flops", nargs="+", help="isoFLOP budgets (training FLOPs)")
     parser.add_argument("--cluster", choices=["slurm", "local", "debug"], default=None,
                         help="slurm: one job per run (slurm.launcher); local|debug: one after another on this "
                              "machine (default: slurm if slurm.enabled=true else local)")
@@ -96,7 +96,7 @@ def route_overrides(args: argparse.Namespace) -> None:
     """Move key=value words a list flag swallowed (``--tokens 1e5 2e5 train.lr_peak=1e-3``) to
     ``args.overrides``, then give the lists their types."""
     for name in ("sizes", "masks", "seeds", "tokens", "flops"):
-        values = getattr(args, name)
+        values = getattr(args, name) or []
         args.overrides = [*args.overrides, *(v for v in values if "=" in v)]
         setattr(args, name, [v for v in values if "=" not in v])
     args.seeds = [int(s) for s in args.seeds]

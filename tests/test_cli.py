@@ -53,3 +53,12 @@ def test_overrides_may_sit_between_flags(capsys):
 def test_stray_positional_is_rejected(capsys):
     assert main(["train", "--print-config", "notakeyvalue"]) == 2
     assert "'notakeyvalue' is not of the form key=value" in capsys.readouterr().err
+
+
+def test_required_flags_and_one_of_groups_are_checked_after_the_config(capsys):
+    """`srdd sweep` needs --sizes and one of --tokens | --flops: --print-config works without them,
+    and a run without them is refused naming the missing flags."""
+    assert main(["sweep", "--print-config"]) == 0
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", "--sizes", "d1"])
+    assert exc.value.code == 2 and "required: --tokens | --flops" in capsys.readouterr().err
