@@ -19,7 +19,7 @@ class EvalConfig:
     pr_k: int = bounded(3, min=1, help="k of the k-NN manifolds for precision/recall")
     net_epochs: int = bounded(6, min=1, help="epochs for `srdd eval-net-train`")
     net_batch_size: int = bounded(32, min=1, help="`srdd eval-net-train` batch size")
-    net_lr_peak: float = bounded(5e-3, min=0.0, help="`srdd eval-net-train` one-cycle peak learning rate")
+    net_lr_peak: float = bounded(3e-3, min=0.0, help="`srdd eval-net-train` one-cycle peak learning rate")
     kid_subsets: int = bounded(100, min=1, help="KID: random subsets averaged")
     kid_subset_size: int = bounded(1000, min=2, help="KID: samples per subset (capped at the set sizes)")
     is_splits: int = bounded(10, min=1, help="Inception Score splits (mean and std over them)")
