@@ -26,7 +26,7 @@ from typing import Iterator
 
 import pytest
 
-from slurm.cluster import LocalCluster, SlurmError
+from slurm.cluster import SCRIPT, LocalCluster, SlurmError
 
 __all__ = ["release_requeued", "slurm_cluster", "two_node_cluster", "wait_for"]
 
@@ -40,16 +40,22 @@ def _cannot_run_reason() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster() -> LocalCluster:
+def slurm_cluster() -> Iterator[LocalCluster]:
+    """The local cluster for the whole session; stopped at the end when this session started it (a
+    cluster the user had running stays up; one left behind would hold the ports of the next run)."""
     reason = _cannot_run_reason()
     if reason:
         pytest.skip(reason)
+    was_up = subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True).returncode == 0
     try:
-        return LocalCluster.start()
+        cluster = LocalCluster.start()
     except SlurmError as err:
         if "apt-get" in str(err) and "Could not resolve" in str(err):
             pytest.skip(f"SLURM is not installed and apt cannot reach its mirrors: {err}")
         raise
+    yield cluster
+    if not was_up:
+        subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
