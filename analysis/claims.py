@@ -250,7 +250,7 @@ def zero_shot_claims(s: StudyOutputs) -> list[dict[str, Any]]:
         return [claim_row(ZERO_SHOT, SRDD, metric, note="edits_seeds.csv has no var and srdd rows of one mask and seed")]
     per_seed = by_seed.groupby(level="seed").mean()  # higher PSNR is better: claimant minus baseline
     masks = sorted(by_seed.index.get_level_values("mask").unique())
-    d, lo, hi = intervals.mean_ci(per_seed["srdd"] - per_seed["var"])
+    d, lo, hi = intervals.paired_ci(per_seed["srdd"], per_seed["var"])
     return [claim_row(ZERO_SHOT, SRDD, f"{metric} ({', '.join(masks)})", float(per_seed["var"].mean()),
                       float(per_seed["srdd"].mean()), d, lo, hi, len(per_seed), note="t interval over paired seeds (edit-study)")]
 

@@ -36,7 +36,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from analysis.intervals import mean_ci, verdict
+from analysis.intervals import mean_ci, paired_ci, verdict
 from pretrain.config import SRDDConfig
 from pretrain.config.fields import ConfigError
 from pretrain.outputs import atomic_write_json, atomic_write_text
@@ -134,7 +134,7 @@ def distill_goal(table: pd.DataFrame, seeds: pd.DataFrame) -> list[dict[str, Any
     claims.append({"claim": f"distilled sampling FLOPs <= {FLOPS_RATIO_GOAL}x the teacher's", "metric": "FLOPs ratio",
                    "value": float(ratio), "ci_low": None, "ci_high": None, "verdict": "met" if flops_ok else "not met",
                    "schedule_only_ratio": float(schedule_only)})
-    m, lo, hi = mean_ci(control - student)
+    m, lo, hi = paired_ci(control, student)
     claims.append({"claim": "distilled FD below the data-only control's (same compute)", "metric": "FD(data_only) - FD(distilled)",
                    "value": m, "ci_low": lo, "ci_high": hi, "verdict": verdict(lo, hi, "met", "not met")})
     verdicts = [c["verdict"] for c in claims]

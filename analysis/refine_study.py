@@ -143,7 +143,7 @@ def tune_onepass(measure: Measure, fd: Any, tune_seed: int, grid: Sequence[str])
 def verdicts(points: list[Point], model: str) -> list[dict[str, Any]]:
     """Each refinement against the better of none and the tuned one-pass sampler, seed by seed
     (module docstring); ``gain`` = FD(baseline) - FD(refinement), positive = the refinement is better."""
-    from analysis.intervals import mean_ci, verdict
+    from analysis.intervals import paired_ci, verdict
 
     mine = [p for p in points if p.model == model]
     baseline = min((p for p in mine if p.method in ("none", "onepass")), key=lambda p: p.fd)
@@ -151,7 +151,7 @@ def verdicts(points: list[Point], model: str) -> list[dict[str, Any]]:
     for p in mine:
         if p.method in ("none", "onepass"):
             continue
-        gain, lo, hi = mean_ci(np.subtract(baseline.per_seed, p.per_seed))
+        gain, lo, hi = paired_ci(baseline.per_seed, p.per_seed)
         out.append({"model": model, "method": p.method, "rounds": p.rounds, "setting": p.setting,
                     "baseline": f"{baseline.method} ({baseline.setting or 'default'})",
                     "fd_gain": gain, "ci_low": lo, "ci_high": hi, "flops_ratio": p.flops / baseline.flops,
