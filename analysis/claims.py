@@ -149,15 +149,17 @@ def _flops_note(runs: Sequence[st.Run], size: str) -> str:
 
 
 def convergence_claims(s: StudyOutputs) -> list[dict[str, Any]]:
-    size = st.largest_paired_size(s.runs)
     rows = []
-    for x in ("tokens", "flops"):
-        cmp = st.convergence(s.runs, size, x) if size else None
-        rows.append(_comparison(f"{CONVERGENCE} ({x} to a fixed val loss)", f"training {x} to reach the highest final "
-                                f"val loss among the {size} runs, {size}:", cmp, "no paired VAR/SRDD val curves"))
-    rows.append(claim_row(f"{CONVERGENCE} (tokens to a fixed FD)", SRDD, "training tokens to reach a fixed FD",
-                          note="not run: FD is evaluated at the end of training only (FD at intermediate "
-                               "checkpoints costs an evaluation per checkpoint)"))
+    for y, what in (("loss", "val loss"), ("fd", "FD")):
+        attr = st.CURVES[y][0]
+        size = st.largest_paired_size([r for r in s.runs if len(getattr(r, attr))])
+        why = ("no paired VAR/SRDD val curves" if y == "loss" else
+               "not run: no scored snapshots (train.snapshots and srdd eval --snapshots; the demo scores its largest size's)")
+        for x in ("tokens", "flops"):
+            cmp = st.convergence(s.runs, size, x, y=y) if size else None
+            rows.append(_comparison(f"{CONVERGENCE} ({x} to a fixed {what})",
+                                    f"training {x} to reach the highest final {what} among the {size} runs, {size}:",
+                                    cmp, why))
     return rows
 
 

@@ -15,7 +15,14 @@ teacher-forced CE and accuracy per scale on the val pyramid shards. ``class_acc-
 samples (the label each image was sampled for); ``KID-<net>_std`` is null when the KID subsets
 are whole sets (analysis/metrics/kid.py). ``--fd-by-scales``: FD of the same
 samples decoded from their first k scales only, k = 1..K (``fd_by_scales``: how much of the
-quality the first coarse-to-fine steps reach).
+quality the first coarse-to-fine steps reach). ``--snapshots``: the same samples (seed, labels,
+sampler) drawn from each of the run's ``snapshots/step<N>.pt`` (``train.snapshots``) as well, one
+record per point of the training curve, the final model's included::
+
+    {"kind": "eval_curve", "step", "tokens", "flops", "flops_executed", "n_samples", "FD-<net>",
+     "class_acc-<net>", "feature_net": {...}}
+
+(the tokens and FLOPs to reach a fixed FD, analysis/study.py).
 """
 from __future__ import annotations
 
@@ -175,6 +182,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refresh-reference", action="store_true", help="recompute the cached val reference features")
     parser.add_argument("--fd-by-scales", action="store_true",
                         help="also FD of the samples decoded from their first k scales, k = 1..K (fd_by_scales)")
+    parser.add_argument("--snapshots", action="store_true",
+                        help="also FD and class accuracy of the run's snapshots/ (train.snapshots): eval_curve records")
+
+
+def draw(model: Any, vae: Any, labels_N: torch.Tensor, sample_cfg: Any) -> list[tuple[torch.Tensor, Any]]:
+    """(images, pyramid) chunks of class-conditional samples, from ``sample.seed``: every model of a
+    run draws with the same random stream."""
+    from pretrain.sampling.batches import sample_in_batches
+
+    torch.manual_seed(sample_cfg.seed)
+    with torch.no_grad():
+        return list(sample_in_batches(model, vae, labels_N, sample_cfg))
+
+
+def curve_records(run: Path, net: Any, ref: Any, vae: Any, labels_N: torch.Tensor, cfg: SRDDConfig,
+                  final: dict[str, Any]) -> list[dict[str, Any]]:
+    """``eval_curve`` records: each snapshot's FD and class accuracy, then ``final`` (the model.pt
+    point, already scored); counters from final.json (FLOPs per sample are fixed within a run)."""
+    from pretrain.train.export import load_model
+
+    done = json.loads((run / "final.json").read_text())
+    per_sample = {k: done[k] / done["samples"] for k in ("tokens", "flops", "flops_executed")}
+    batch_size = done["samples"] / done["step"]
+    points = []
+    for path in sorted((run / "snapshots").glob("step*.pt")):
+        model, _, meta = load_model(path)
+        feats_ND, probs_NC = net.extract([img for img, _ in draw(model, vae, labels_N, cfg.sample)])
+        q = quality_metrics(net, ref, feats_ND, probs_NC, cfg.eval, labels_N.numpy())
+        points.append((meta["step"], q))
+    points.append((done["step"], final))
+    keys = [net.metric("FD"), net.metric("class_acc")]
+    return [{"kind": "eval_curve", "step": step, **{k: round(v * step * batch_size) for k, v in per_sample.items()},
+             "n_samples": len(labels_N), **{k: q[k] for k in keys if k in q},
+             "feature_net": {"name": net.name, "sha256": net.sha256}} for step, q in points]
 
 
 def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
@@ -182,7 +223,7 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
 
     run = resolve_run(args.run)  # first: a missing run fails before anything heavy is imported or loaded
     from analysis.metrics.networks import load_feature_net
-    from pretrain.sampling.batches import class_labels, sample_in_batches
+    from pretrain.sampling.batches import class_labels
     from pretrain.sampling.load import sampler_for
     from pretrain.tokenizer import default_tokenizer_path, tokenizer_hash
     from pretrain.train.export import load_model
@@ -196,12 +237,9 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
         raise ConfigError(f"tokenizer.ckpt: {tok_path} is not the tokenizer {run.name} was trained with")
     vae = sampler_for(run_cfg, run, any_cell=True)
     net = load_feature_net(cfg.eval, run_cfg.data.source)
-    torch.manual_seed(cfg.sample.seed)
-
     ref = val_reference(run_cfg, net, cfg.eval.batch_size, refresh=args.refresh_reference)
     labels_N = class_labels([], n, model.num_classes)
-    with torch.no_grad():
-        chunks = list(sample_in_batches(model, vae, labels_N, cfg.sample))
+    chunks = draw(model, vae, labels_N, cfg.sample)
     images = [img for img, _ in chunks]
     feats_ND, probs_NC = net.extract(images)
     quality = quality_metrics(net, ref, feats_ND, probs_NC, cfg.eval, labels_N.numpy())
@@ -220,6 +258,8 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
               "feature_net": {"name": net.name, "sha256": net.sha256}, "reference": vars(ref.provenance), **fid_provenance}
     record = json.loads(json.dumps(record, default=list))  # omegaconf lists -> plain lists
     append_jsonl(run / "metrics.jsonl", record)
+    for point in curve_records(run, net, ref, vae, labels_N, cfg, quality) if args.snapshots else []:
+        append_jsonl(run / "metrics.jsonl", point)
     save_config(cfg, run / "eval")  # the eval's own config; the run's config.yaml stays the training one
     atomic_write_json(run / "eval" / f"step{record['step']}-{net.name}.json", record)
     columns = runs_csv_columns(record)

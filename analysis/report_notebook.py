@@ -248,21 +248,23 @@ else:
 # %% [markdown]
 # ## Convergence
 # Training tokens and FLOPs (attended and executed) each mask needs to reach a fixed validation
-# loss: per size, the level that is `fraction` of the way from the first val record down to the
-# worst final val loss of the size's runs (1.0: every run just reaches it). Mean over seeds with
-# the interval of VAR - SRDD (> 0: SRDD gets there sooner). FD thresholds would need FD at
-# intermediate checkpoints, which the study does not evaluate.
+# loss and a fixed FD: per size, the level that is `fraction` of the way from the first record
+# down to the worst final value of the size's runs (1.0: every run just reaches it). The FD curve
+# is the run's snapshots (`train.snapshots`) scored by `srdd eval --snapshots` with the final
+# eval's samples and sampler (the demo scores its largest size's). Mean over seeds with the
+# interval of VAR - SRDD (> 0: SRDD gets there sooner).
 
 # %%
 rows = []
 for size in sizes_eq:
-    for fraction in (0.5, 0.9, 1.0):
-        for x in ("tokens", "flops", "flops_executed"):
-            c = st.convergence(study_runs, size, x, fraction)
-            if c and np.isfinite(c.ci_low):
-                rows.append({"size": size, "fraction": fraction, "threshold": c.detail, "to reach": x, "var": c.var,
-                             "srdd": c.srdd, "var - srdd": with_interval(c.delta, c.ci_low, c.ci_high),
-                             "n_seeds": c.n_seeds})
+    for y in ("loss", "fd"):
+        for fraction in (0.5, 0.9, 1.0):
+            for x in ("tokens", "flops", "flops_executed"):
+                c = st.convergence(study_runs, size, x, fraction, y=y)
+                if c and np.isfinite(c.ci_low):
+                    rows.append({"size": size, "fraction": fraction, "threshold": c.detail, "to reach": x,
+                                 "var": c.var, "srdd": c.srdd, "var - srdd": with_interval(c.delta, c.ci_low, c.ci_high),
+                                 "n_seeds": c.n_seeds})
 if rows:
     display(pd.DataFrame(rows))
 else:

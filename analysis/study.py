@@ -5,7 +5,8 @@ a mean over seeds with its 95% t interval, paired by seed where the runs share o
 
     DIR/runs.csv                 one row per run: size, mask, seed, params, tokens, flops, flops_executed, fd, ...
     DIR/<run>/metrics.jsonl      ``val`` records (tokens, flops, flops_executed, loss) = the curve;
-                                 the last ``eval`` record (FD-<net>, class_acc-<net>, fd_by_scales, ...)
+                                 the last ``eval`` record (FD-<net>, class_acc-<net>, fd_by_scales, ...);
+                                 ``eval_curve`` records (`srdd eval --snapshots`) = the FD curve
 
 Two FLOP columns (docs/model.md): ``flops`` counts attended (query, key) pairs only, ``flops_executed``
 what the attention path computes. Every function taking ``x`` says which one it uses.
@@ -40,6 +41,7 @@ class Run:
     val_loss: float
     curve: pd.DataFrame  # val records: step, tokens, flops, flops_executed, loss
     eval: dict[str, Any] = field(default_factory=dict)  # the last eval record
+    fd_curve: pd.DataFrame = field(default_factory=pd.DataFrame)  # eval_curve records: step, tokens, flops, flops_executed, fd
 
     @property
     def fd_metric(self) -> Optional[str]:
@@ -93,8 +95,21 @@ def load_runs(root: str | Path) -> list[Run]:
                         tokens=_num(row.get("tokens")), flops=flops,
                         flops_executed=_num(row.get("flops_executed"), flops), val_loss=_num(row.get("val_loss")),
                         curve=val.drop_duplicates("step", keep="last").sort_values("step") if len(val) else val,
-                        eval=evals[-1] if evals else {}))
+                        eval=evals[-1] if evals else {}, fd_curve=fd_curve(records)))
     return runs
+
+
+def fd_curve(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The ``eval_curve`` records of the latest `srdd eval --snapshots` (its feature network's FD as
+    ``fd``), one row per step; empty when the run's snapshots were never scored."""
+    points = [r for r in records if r.get("kind") == "eval_curve"]
+    if not points:
+        return pd.DataFrame()
+    net = points[-1]["feature_net"]["name"]
+    key = next(k for k in (f"FD-{net}", f"FID-{net}") if k in points[-1])
+    rows = [{**{c: r[c] for c in ("step", "tokens", "flops", "flops_executed")}, "fd": r[key]}
+            for r in points if r["feature_net"]["name"] == net and key in r]
+    return pd.DataFrame(rows).drop_duplicates("step", keep="last").sort_values("step")
 
 
 def depth(size: str) -> int:
@@ -160,9 +175,10 @@ def value_at(curve: pd.DataFrame, x: str, at: float) -> float:
     return float(np.interp(np.log(at), np.log(xs), ys))
 
 
-def first_reach(curve: pd.DataFrame, x: str, threshold: float) -> float:
-    """The first ``x`` at which the val curve reaches ``threshold`` (linear between records; nan: never)."""
-    xs, ys = curve[x].to_numpy(dtype=float), curve["loss"].to_numpy(dtype=float)
+def first_reach(curve: pd.DataFrame, x: str, threshold: float, y: str = "loss") -> float:
+    """The first ``x`` at which column ``y`` (lower is better) reaches ``threshold``, linear between
+    records (the first record's ``x`` when it is already there; nan: never)."""
+    xs, ys = curve[x].to_numpy(dtype=float), curve[y].to_numpy(dtype=float)
     for i, y in enumerate(ys):
         if y <= threshold:
             if i == 0:
@@ -218,24 +234,30 @@ def equal_tokens(runs: Sequence[Run], size: str, metric: str) -> Optional[Compar
     return _compare([a for a, _ in pairs], [b for _, b in pairs])
 
 
-def convergence_threshold(runs: Sequence[Run], size: str, fraction: float = 1.0) -> float:
-    """A val-loss level every run of ``size`` reaches: the first val loss minus ``fraction`` of the
-    way down to the worst (highest) final val loss of the size's runs (1.0 = that final loss)."""
-    cells = [r for r in runs if r.size == size and len(r.curve)]
-    start = max(float(r.curve["loss"].iloc[0]) for r in cells)
-    worst_final = max(float(r.curve["loss"].iloc[-1]) for r in cells)
+CURVES = {"loss": ("curve", "val loss"), "fd": ("fd_curve", "FD")}  # y of a convergence: (Run attribute, label)
+
+
+def convergence_threshold(runs: Sequence[Run], size: str, fraction: float = 1.0, y: str = "loss") -> float:
+    """A level of ``y`` every run of ``size`` reaches: its first record minus ``fraction`` of the
+    way down to the worst (highest) final value among the size's runs (1.0 = that final value)."""
+    curves = [getattr(r, CURVES[y][0]) for r in runs if r.size == size and len(getattr(r, CURVES[y][0]))]
+    start = max(float(c[y].iloc[0]) for c in curves)
+    worst_final = max(float(c[y].iloc[-1]) for c in curves)
     return start - fraction * (start - worst_final)
 
 
-def convergence(runs: Sequence[Run], size: str, x: str = "tokens", fraction: float = 1.0) -> Optional[Comparison]:
-    """``x`` (tokens, flops or flops_executed) each mask needs to reach the size's threshold
-    (``convergence_threshold``); delta = var - srdd (positive: SRDD gets there sooner)."""
-    pairs = [(v, s) for v, s in paired(runs, size) if len(v.curve) and len(s.curve)]
+def convergence(runs: Sequence[Run], size: str, x: str = "tokens", fraction: float = 1.0,
+                y: str = "loss") -> Optional[Comparison]:
+    """``x`` (tokens, flops or flops_executed) each mask needs for ``y`` (``loss``: the val curve;
+    ``fd``: the snapshots' FD curve) to reach the size's threshold (``convergence_threshold``);
+    delta = var - srdd (positive: SRDD gets there sooner)."""
+    attr, label = CURVES[y]
+    pairs = [(v, s) for v, s in paired(runs, size) if len(getattr(v, attr)) and len(getattr(s, attr))]
     if not pairs:
         return None
-    thr = convergence_threshold(runs, size, fraction)
-    return _compare([first_reach(v.curve, x, thr) for v, _ in pairs], [first_reach(s.curve, x, thr) for _, s in pairs],
-                    detail=f"val loss <= {thr:.4f}")
+    thr = convergence_threshold(runs, size, fraction, y)
+    reach = lambda run: first_reach(getattr(run, attr), x, thr, y)  # noqa: E731
+    return _compare([reach(v) for v, _ in pairs], [reach(s) for _, s in pairs], detail=f"{label} <= {thr:.4g}")
 
 
 def size_trend(runs: Sequence[Run], mask: str, metric: str = "fd") -> list[dict[str, Any]]:

@@ -48,9 +48,12 @@ log = logging.getLogger("srdd.demo")
 # Tiny transformers need a far larger lr than VAR's 1e-4 * batch/256 to learn in a few
 # hundred steps; these are the demo's training defaults (user overrides come after them).
 # train.val_every is set per run (VAL_POINTS validation records along each run: the curves the
-# equal-compute and convergence comparisons read, analysis/study.py).
+# equal-compute and convergence comparisons read, analysis/study.py); every run keeps its weights
+# at SNAPSHOTS of its budget, which the eval stage scores for the largest size (the FD curve of
+# the "tokens to a fixed FD" claim: two more evaluations per run, ~1 minute of the demo).
+SNAPSHOTS = "[0.5,0.75]"
 TRAIN_DEFAULTS = ["train.batch_size=32", "train.lr_peak=3e-3", "train.warmup_frac=0.1",
-                  "train.val_every=0", "train.ckpt_every=50", "train.log_every=10"]
+                  "train.val_every=0", "train.ckpt_every=50", "train.log_every=10", f"train.snapshots={SNAPSHOTS}"]
 VAL_POINTS = 8
 EVAL_BATCH = 100  # images per sampler call in the evals (the sampler's per-call overhead dominates at 16)
 # Local training runs at a time, one thread each: tiny models use two cores better as two
@@ -350,12 +353,12 @@ def stage_samples(study: Study, cfg: SRDDConfig) -> bool:
 
 def stage_eval(study: Study, cfg: SRDDConfig) -> bool:
     """Every run: FD (+ bootstrap replicates), class accuracy, ...; the largest size also FD against
-    the number of scales decoded (the coarse-to-fine claim). The training runs' own final val pass
-    is the val loss, so no extra val batches here."""
+    the number of scales decoded (the coarse-to-fine claim) and FD of its snapshots (convergence
+    to a fixed FD). The training runs' own final val pass is the val loss, so no extra val batches here."""
     todo = [run for run in study.runs if not list((home_dir() / run / "eval").glob("*.json"))]
+    largest = lambda run: run.split("/")[-1].startswith(f"{study.sizes[-1]}-")  # noqa: E731
     _srdd_many(study, [["eval", "--run", run, "--samples", str(study.eval_samples), "--val-batches", "0", "--runs-csv", "none",
-                        f"sample.batch_size={EVAL_BATCH}",
-                        *(["--fd-by-scales"] if run.split("/")[-1].startswith(f"{study.sizes[-1]}-") else [])]
+                        f"sample.batch_size={EVAL_BATCH}", *(["--fd-by-scales", "--snapshots"] if largest(run) else [])]
                        for run in todo])
     # one writer of runs.csv: the evals ran side by side, so their columns are added here
     _eval_columns_to_runs_csv(study)

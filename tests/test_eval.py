@@ -111,3 +111,38 @@ def test_srdd_eval_appends_a_named_record_and_updates_the_runs_table(run, srdd_h
     rec_b = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "eval"][-1]
     assert rec_b["reference"]["net_sha256"] == rec_b["feature_net"]["sha256"] != rec["feature_net"]["sha256"]
     assert "KID-mnist-cnn" not in rec_b and "val_loss" not in rec_b
+
+
+
+def test_eval_snapshots_scores_each_point_like_a_final_model(srdd_home, straight_train_run):
+    """`srdd eval --snapshots` on a run with a step-4 snapshot (train.snapshots=[0.5], checked against
+    its checkpoint in test_train.py): one eval_curve record per point with the run's counters, the
+    final point the eval's own numbers, and each point what a plain `srdd eval` of that file gives."""
+    import json
+    import shutil
+
+    from pretrain.cli import main
+    from pretrain.outputs import read_jsonl
+
+    run = srdd_home / "snap"  # a copy: the session's straight run stays as the other tests expect it
+    shutil.copytree(straight_train_run, run, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
+    torch.manual_seed(0)
+    save_classifier(ClassifierCNN(10, width=4, feat_dim=8).eval(), srdd_home / "net.pt", {"name": "mnist-cnn"})
+    args = ["--samples", "12", "--val-batches", "0", "--runs-csv", "none", f"eval.net_ckpt={srdd_home / 'net.pt'}",
+            "sample.batch_size=6", "eval.kid=false"]
+    assert main(["eval", "--run", str(run), "--snapshots", *args]) == 0
+    records = read_jsonl(run / "metrics.jsonl")
+    final = [r for r in records if r["kind"] == "eval"][-1]
+    curve = [r for r in records if r["kind"] == "eval_curve"]
+    done = json.loads((run / "final.json").read_text())
+    assert [(r["step"], r["tokens"]) for r in curve] == [(4, done["tokens"] // 2), (8, done["tokens"])]
+    assert curve[1]["flops"] == done["flops"] and curve[0]["flops_executed"] * 2 == done["flops_executed"]
+    assert curve[1]["FD-mnist-cnn"] == final["FD-mnist-cnn"] and curve[1]["class_acc-mnist-cnn"] == final["class_acc-mnist-cnn"]
+    assert curve[0]["FD-mnist-cnn"] != curve[1]["FD-mnist-cnn"]  # other weights, other samples
+
+    alone = srdd_home / "step4"  # the snapshot scored on its own, through the plain eval path
+    alone.mkdir()
+    shutil.copy(run / "snapshots" / "step00000004.pt", alone / "model.pt")
+    assert main(["eval", "--run", str(alone), *args]) == 0
+    rec = [r for r in read_jsonl(alone / "metrics.jsonl") if r["kind"] == "eval"][-1]
+    assert rec["FD-mnist-cnn"] == pytest.approx(curve[0]["FD-mnist-cnn"], rel=1e-9)

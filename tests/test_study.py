@@ -43,6 +43,25 @@ def test_curves_are_read_at_equal_flops_and_thresholds(tmp_path):
     assert st.equal_compute_loss(runs, "d2", "flops_executed").delta == pytest.approx(0.0, abs=1e-12)
 
 
+def test_fd_convergence_reads_the_scored_snapshots(tmp_path):
+    from tests.fixtures.study_synthetic import FD_POINTS, TOKENS
+
+    runs = st.load_runs(make_study(tmp_path, gain=0.05))
+    d2 = [r for r in runs if r.size == "d2"]
+    assert all(list(r.fd_curve["tokens"]) == [f * TOKENS for f in FD_POINTS] for r in d2)
+    assert all(r.fd_curve["fd"].iloc[-1] == r.metric("fd") for r in d2)  # the last point is the final eval
+    assert st.convergence(runs, "d1", y="fd") is None  # no snapshots scored at d1
+    threshold = max(r.metric("fd") for r in d2)  # the worst final FD: every run reaches it
+    assert st.convergence_threshold(runs, "d2", y="fd") == pytest.approx(threshold)
+    # independently: where each run's piecewise-linear FD curve (decreasing) crosses the threshold
+    reach = {r.name: float(np.interp(threshold, r.fd_curve["fd"][::-1], r.fd_curve["tokens"][::-1])) for r in d2}
+    cmp = st.convergence(runs, "d2", "tokens", y="fd")
+    pairs = st.paired(runs, "d2")
+    assert cmp.n_seeds == 3 and cmp.var == pytest.approx(np.mean([reach[v.name] for v, _ in pairs]))
+    assert cmp.srdd == pytest.approx(np.mean([reach[s.name] for _, s in pairs]))
+    assert cmp.ci_low > 0 and "FD <=" in cmp.detail  # the planted gain: SRDD's FD gets there on fewer tokens
+
+
 def test_seeds_change_data_order_and_init_and_nothing_else(tiny_tokenizer_ckpt, pyramid_shards, single_rank):
     from slurm.demo import Study, train_config
     from slurm.runs import _leaves

@@ -202,6 +202,14 @@ def test_zero2_two_ranks_trains_and_resumes_exactly(srdd_home, base_overrides, s
 
     model, cfg, meta = load_model(straight / "model.pt")
     assert cfg.model.size == "d1" and meta["step"] == 8 and model.num_params() == final["params"]
+    # train.snapshots=[0.5]: the weights of step 4, gathered from the ranks = the module of the step-4 checkpoint
+    assert sorted(p.name for p in (straight / "snapshots").iterdir()) == ["step00000004.pt"]
+    snap = torch.load(straight / "snapshots" / "step00000004.pt", weights_only=True)
+    module = torch.load(next((straight / "checkpoints" / "step_00000004").rglob("mp_rank_00_model_states.pt")),
+                        weights_only=False)["module"]
+    assert snap["step"] == 4 and snap["tokens"] == 4 * 8 * 130 and snap["state_dict"].keys() == module.keys()
+    assert all(torch.equal(snap["state_dict"][k], v.float()) for k, v in module.items())
+    assert not torch.equal(snap["state_dict"]["head.weight"], model.state_dict()["head.weight"])
 
     common = [*base_overrides, *STRAIGHT_TRAIN]
     run_srdd(srdd_home, "train", [*common, "run_name=resumed", "train.stop_after=4"], ranks=2)
@@ -209,6 +217,8 @@ def test_zero2_two_ranks_trains_and_resumes_exactly(srdd_home, base_overrides, s
     run_srdd(srdd_home, "train", [*common, "run_name=resumed"], ranks=2)
     assert _losses(srdd_home / "resumed", "train") == _losses(straight, "train")
     assert _losses(srdd_home / "resumed", "val") == _losses(straight, "val")
+    resumed_snap = torch.load(srdd_home / "resumed" / "snapshots" / "step00000004.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(resumed_snap[k], v) for k, v in snap["state_dict"].items())
 
     refused = run_srdd(srdd_home, "train", [*common, "run_name=resumed", "model.size=d2", "model.mask=srdd"],
                        check=False)

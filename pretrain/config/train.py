@@ -31,6 +31,7 @@ class TrainConfig:
     ckpt_every: int = bounded(100, min=1, help="steps between checkpoints")
     keep_last: int = bounded(2, min=1, help="recent checkpoints kept (milestones are kept too)")
     milestones: list[int] = listing([], "steps whose checkpoints are never deleted")
+    snapshots: list[float] = listing([], "fractions of the step budget at which <run>/snapshots/step<N>.pt (model.pt format) is written; `srdd eval --snapshots` scores them (the FD convergence curve, docs/claims.md)")
     max_bad_steps: int = bounded(5, min=0, help="consecutive NaN/inf losses skipped before the run stops")
     wandb: str = choice("offline", ("offline", "online", "disabled"))
     num_workers: int = bounded(1, min=0, help="data-loader worker processes per rank")
@@ -46,3 +47,5 @@ class TrainConfig:
             raise ConfigError(f"{prefix}betas={list(self.betas)} must be two floats in [0, 1)")
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"{prefix}batch_size={self.batch_size} is not divisible by {prefix}grad_accum={self.grad_accum}")
+        if not all(0.0 < f < 1.0 for f in self.snapshots):
+            raise ConfigError(f"{prefix}snapshots={list(self.snapshots)} must be fractions in (0, 1) of the step budget")

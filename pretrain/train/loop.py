@@ -4,7 +4,8 @@
     torchrun --nproc_per_node 2 -m pretrain.cli train ...      # 2 ranks (gloo on CPU)
 
 Outputs in ``<SRDD_HOME>/<run_name>/``: config.yaml, metrics.jsonl (train/val records, see
-docs/training.md), checkpoints/step_XXXXXXXX/, final.json and model.pt. Rerunning the same
+docs/training.md), checkpoints/step_XXXXXXXX/, final.json, model.pt and, with ``train.snapshots``,
+snapshots/stepXXXXXXXX.pt (the weights part-way, model.pt's format). Rerunning the same
 command resumes from the latest complete checkpoint; a finished run is left as it is.
 """
 from __future__ import annotations
@@ -64,6 +65,16 @@ def check_pyramids(loader: Any, tokenizer_sha256: str, patch_nums: list[int]) ->
         raise ConfigError(f"tokenizer.patch_nums={patch_nums} but data.pyramids_dir was made with {list(loader.patch_nums)}")
 
 
+def snapshot_steps(fractions: list[float], total_steps: int) -> set[int]:
+    """The steps ``train.snapshots`` names: each fraction of the budget rounded, the last step excluded
+    (model.pt is the weights there)."""
+    return {s for s in (max(1, round(f * total_steps)) for f in fractions) if s < total_steps}
+
+
+def snapshot_path(run: Path, step: int) -> Path:
+    return run / "snapshots" / f"step{step:08d}.pt"
+
+
 class TransformerTask(TaskDefaults):
     """`srdd train` on the harness: teacher-forced token CE of one transformer (engine ``model``)."""
 
@@ -79,6 +90,7 @@ class TransformerTask(TaskDefaults):
         self.stats = ScaleStats(patch_nums)
         self.engines: dict[str, Any] = {}
         self.outputs = (self.run / "final.json",)  # model.pt is optional (train.export_model)
+        self.snapshot_steps = snapshot_steps(cfg.train.snapshots, self.schedule.total_steps)
 
     def frozen(self) -> dict[str, Any]:
         return frozen_keys(self.cfg)  # not the world size: a run resumes on any number of ranks
@@ -151,6 +163,17 @@ class TransformerTask(TaskDefaults):
     def accumulate(self, out: StepLoss) -> None:
         self.objective.accumulate(out)
 
+    def after_step(self, step: int) -> None:
+        if step in self.snapshot_steps:  # every rank: the export is a collective under ZeRO-3
+            self.export(snapshot_path(self.run, step), step)
+
+    def export(self, path: Path, step: int) -> None:
+        """The consolidated weights at ``step`` as a model.pt-format file (rank 0 writes)."""
+        state_dict = consolidated_state_dict(self.engines["model"])
+        if self.info.is_main:
+            log.info("writing %s", save_model(path, state_dict, self.cfg, step, self.counters(step)["tokens"],
+                                              self.tokenizer_hash))
+
     def record(self, window: Window) -> dict[str, Any]:
         draft = self.objective.record(self.device) if isinstance(self.objective, RemaskObjective) else {}
         return {**self.counters(window.step), **self.stats.reduce(self.device), **draft,
@@ -195,7 +218,8 @@ class TransformerTask(TaskDefaults):
         step = progress.step
         val = self.validate(step)
         log_record(val)
-        state_dict = consolidated_state_dict(self.engines["model"]) if self.cfg.train.export_model else None
+        if self.cfg.train.export_model:
+            self.export(self.run / "model.pt", step)
         cfg = self.cfg
         final = {"status": "completed", "run": cfg.run_name, "size": cfg.model.size, "seed": cfg.seed,
                  "mask": cfg.model.mask, "attn_window": cfg.model.window, "pyramid": cfg.pyramid.cell,
@@ -203,9 +227,6 @@ class TransformerTask(TaskDefaults):
                  "val_loss": val["loss"], "val_loss_per_scale": val["loss_per_scale"],
                  "time_s": progress.time_s}
         if self.info.is_main:
-            if state_dict is not None:
-                log.info("writing %s", save_model(self.run / "model.pt", state_dict, cfg, step, final["tokens"],
-                                                  self.tokenizer_hash))
             atomic_write_json(self.run / "final.json", final)
 
 

@@ -9,7 +9,7 @@
     gathered_states(run, step, w)  # ... (saved, resumed on w ranks) weights + Adam state at a checkpoint
 
 ``straight_train_run`` (session): d1, 2 gloo ranks, ZeRO-2, 8 steps, val every 4, checkpoints every
-4, wandb offline: the uninterrupted reference of every 2-rank `srdd train` resume test, and the
+4, a snapshot at step 4, wandb offline: the uninterrupted reference of every 2-rank `srdd train` resume test, and the
 teacher / policy source of the other stages' tests.
 """
 from __future__ import annotations
@@ -99,15 +99,17 @@ def train_overrides(pyramid_shards: Path, tokenizer: Path) -> list[str]:
             "train.val_batches=2", "train.num_workers=0", "train.wandb=disabled"]
 
 
-STRAIGHT_TRAIN = ["train.zero_stage=2", "train.max_steps=8", "train.val_every=4", "train.ckpt_every=4"]
+STRAIGHT_TRAIN = ["train.zero_stage=2", "train.max_steps=8", "train.val_every=4", "train.ckpt_every=4",
+                  "train.snapshots=[0.5]"]
 
 
 @pytest.fixture(scope="session")
-def straight_train_run(tmp_path_factory, pyramid_shards, tiny_tokenizer_ckpt) -> Path:
-    """The run directory of an uninterrupted 2-rank ZeRO-2 `srdd train` (see the module docstring)."""
+def straight_train_run(tmp_path_factory, mnist_shards, pyramid_shards, tiny_tokenizer_ckpt) -> Path:
+    """The run directory of an uninterrupted 2-rank ZeRO-2 `srdd train` (see the module docstring);
+    its config names the image shards, so `srdd eval` finds the val images of its run."""
     home = tmp_path_factory.mktemp("straight_train")
     run_srdd(home, "train", [*train_overrides(pyramid_shards, tiny_tokenizer_ckpt), *STRAIGHT_TRAIN,
-                             "run_name=straight", "train.wandb=offline"], ranks=2)
+                             f"data.shards_dir={mnist_shards}", "run_name=straight", "train.wandb=offline"], ranks=2)
     return home / "straight"
 
 
