@@ -222,6 +222,8 @@ def main(cfg: SRDDConfig, args: argparse.Namespace) -> int:
     from pretrain.sampling.load import resolve_run
 
     run = resolve_run(args.run)  # first: a missing run fails before anything heavy is imported or loaded
+    if args.snapshots and not (run / "final.json").is_file():
+        raise ConfigError(f"--snapshots: {run} has no final.json (snapshots belong to a finished `srdd train` run)")
     from analysis.metrics.networks import load_feature_net
     from pretrain.sampling.batches import class_labels
     from pretrain.sampling.load import sampler_for

@@ -146,3 +146,4 @@ def test_eval_snapshots_scores_each_point_like_a_final_model(srdd_home, straight
     assert main(["eval", "--run", str(alone), *args]) == 0
     rec = [r for r in read_jsonl(alone / "metrics.jsonl") if r["kind"] == "eval"][-1]
     assert rec["FD-mnist-cnn"] == pytest.approx(curve[0]["FD-mnist-cnn"], rel=1e-9)
+    assert main(["eval", "--run", str(alone), "--snapshots", *args]) == 2  # no final.json: refused before sampling
