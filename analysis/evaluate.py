@@ -126,16 +126,23 @@ def val_token_metrics(run_cfg: SRDDConfig, model: Any, vae: Any, batch_size: int
     return {f"val_{k}": v for k, v in res.items()}
 
 
+def val_reference_path(run_cfg: SRDDConfig, net: Any) -> Path:
+    """``<SRDD_HOME>/eval_ref/<dataset>/<net>-val.npz``: the cache of the val split's features through ``net``."""
+    from data_pipeline import source_slug
+
+    return home_dir() / "eval_ref" / source_slug(run_cfg.data.source) / f"{net.name}-val.npz"
+
+
 def val_reference(run_cfg: SRDDConfig, net: Any, batch_size: int, refresh: bool = False) -> Any:
     """The run's dataset val-split reference features through ``net``: cached under
     ``<SRDD_HOME>/eval_ref`` and tied to the image shards' manifest (analysis/metrics/reference.py)."""
     from analysis.metrics.reference import reference_for
-    from data_pipeline import shards_manifest_path, source_slug
+    from data_pipeline import shards_manifest_path
     from data_pipeline.files import file_sha256
     from data_pipeline.image_shards.loader import image_loader
 
     manifest_sha256 = file_sha256(shards_manifest_path(run_cfg))
-    cache = home_dir() / "eval_ref" / source_slug(run_cfg.data.source) / f"{net.name}-val.npz"
+    cache = val_reference_path(run_cfg, net)
     val_images = lambda: image_loader(run_cfg, split="val", batch_size=batch_size, infinite=False)  # noqa: E731
     return reference_for(cache, net, manifest_sha256, "val", val_images, refresh=refresh)
 

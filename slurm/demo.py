@@ -246,6 +246,11 @@ def stage_eval_net(study: Study, cfg: SRDDConfig) -> bool:
     if default_classifier_path(cfg.eval, cfg.data.source).exists():
         return False
     _srdd(study, "eval-net-train")
+    # A cached val reference of an earlier network of this name is now stale (the evals would refuse it)
+    from analysis.evaluate import val_reference_path
+    from analysis.metrics.networks import load_feature_net
+
+    val_reference_path(cfg, load_feature_net(cfg.eval, cfg.data.source)).unlink(missing_ok=True)
     return True
 
 
