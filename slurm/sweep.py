@@ -19,6 +19,7 @@ Completed runs are skipped, so rerunning the same command completes an interrupt
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any, Sequence
 
 from analysis.runs_table import run_row, write_runs_csv
 from pretrain.config import SRDDConfig, home_dir
+from pretrain.config.fields import ConfigError
 from pretrain.outputs import run_dir
 from slurm.launch import size_config
 from slurm.runs import seeded_run_name, train_runs
@@ -50,18 +52,39 @@ def train_flops_per_token(cfg: SRDDConfig) -> float:
 def grid(name: str, sizes: Sequence[str], masks: Sequence[str], tokens: Sequence[float],
          flops: Sequence[float], overrides: Sequence[str], seeds: Sequence[int] = (0,)) -> list[SRDDConfig]:
     """One config per run of the grid; tokens given directly or as C / flops_per_token. A run's
-    seeds differ in ``seed`` (data order and init) and ``run_name`` only."""
+    seeds differ in ``seed`` (data order and init) and ``run_name`` only. An isoFLOP budget that
+    whole optimizer steps would overshoot by more than ISOFLOP_SLACK is refused: the run would
+    land at another compute than its budget's."""
     cfgs = []
     for size in sizes:
         for mask in masks:
             base = size_config(size, [*overrides, f"model.mask={mask}"])
-            budgets = [int(t) for t in tokens] or [int(c / train_flops_per_token(base)) for c in flops]
+            per_token = train_flops_per_token(base)
+            budgets = [int(t) for t in tokens] or [int(c / per_token) for c in flops]
+            for c in [] if tokens else flops:
+                _check_isoflop_budget(base, size, c, per_token)
             for budget in budgets:
                 for seed in seeds:
                     run = seeded_run_name(f"{name}/{size}-{mask}-{budget:.3g}".replace("+", ""), seed)
                     cfgs.append(size_config(size, [*overrides, f"model.mask={mask}", f"train.tokens={budget}",
                                                    f"seed={seed}", f"run_name={run}"]))
     return cfgs
+
+
+ISOFLOP_SLACK = 0.1  # whole steps may spend up to 10% more than the budget
+
+
+def _check_isoflop_budget(cfg: SRDDConfig, size: str, flops: float, per_token: float) -> None:
+    from pretrain.train.budget import tokens_per_sample, total_steps
+
+    L = tokens_per_sample(cfg.tokenizer.patch_nums)
+    step_tokens = cfg.train.batch_size * L
+    spent = total_steps(dataclasses.replace(cfg.train, tokens=int(flops / per_token)), L) * step_tokens * per_token
+    if spent > (1 + ISOFLOP_SLACK) * flops:
+        raise ConfigError(f"--flops {flops:.3g}: {size} trains in whole steps of {step_tokens} tokens "
+                          f"(train.batch_size={cfg.train.batch_size}), {step_tokens * per_token:.3g} FLOPs each, so "
+                          f"this budget would spend {spent / flops:.2f}x its FLOPs; raise the budget to at least "
+                          f"{step_tokens * per_token / ISOFLOP_SLACK:.3g} or lower train.batch_size")
 
 
 def run_sweep(cfgs: Sequence[SRDDConfig], table: Path, timeout_s: float, local_jobs: int = 1) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pretrain.config.fields import ConfigError
 from pretrain.outputs import read_jsonl
 from slurm.cluster import FINAL_STATES
 from tests.plugins.slurm_cluster import release_requeued, wait_for
@@ -58,12 +59,17 @@ def test_isoflop_grid_gives_tokens_from_flops_per_token():
     from slurm.sweep import grid, train_flops_per_token
     from slurm.launch import size_config
 
-    cfgs = grid("iso", ["d1", "d2"], ["var", "srdd"], [], [1e10], [])
+    cfgs = grid("iso", ["d1", "d2"], ["var", "srdd"], [], [1e12], [])
     assert [c.run_name.split("/")[1].rsplit("-", 1)[0] for c in cfgs] == ["d1-var", "d1-srdd", "d2-var", "d2-srdd"]
     for c in cfgs:
         per_token = train_flops_per_token(size_config(c.model.size, [f"model.mask={c.model.mask}"]))
-        assert c.train.tokens == int(1e10 / per_token)
+        assert c.train.tokens == int(1e12 / per_token)
     assert cfgs[2].train.tokens < cfgs[0].train.tokens  # a bigger model gets fewer tokens at equal compute
+    # a budget below ~10 optimizer steps of a size: whole steps would overshoot it, refused with the numbers
+    d2_step = 64 * 130 * train_flops_per_token(size_config("d2", []))  # train.batch_size x L tokens
+    with pytest.raises(ConfigError, match=r"--flops 1e\+10: d2 trains in whole steps of 8320 tokens .* spend 3\.\d\dx"):
+        grid("iso", ["d2"], ["var"], [], [1e10], [])
+    assert grid("iso", ["d2"], ["var"], [], [10.5 * d2_step], [])  # 11 whole steps: 4.8% over the budget
 
 
 @pytest.mark.slurm
