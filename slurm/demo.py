@@ -84,6 +84,10 @@ MODES = {
                  ablation=("model.size=d2", "train.tokens=2000000")),
 }
 
+# --quick --full: the smallest isoFLOP budget is ~10 steps of d2 at batch 32 (whole steps must not
+# overshoot a budget by more than 10%, slurm/sweep.py)
+QUICK_ISOFLOP_BUDGETS = (2e11, 4e11, 8e11)
+
 CIFAR_ENV = "SRDD_CIFAR10_DIR"  # --dataset cifar10 reads this directory (cifar10:DIR layout, docs/data.md) unless data.source is given
 
 
@@ -537,9 +541,8 @@ def make_study(args: argparse.Namespace, cfg: SRDDConfig, overrides: list[str]) 
     dataset = getattr(args, "dataset", "mnist")
     quick = getattr(args, "quick", False)
     mode = MODES["full" if getattr(args, "full", False) else "quick" if quick else "demo"]
-    if quick and getattr(args, "full", False):  # the full study's structure at toy budgets (tests): the
-        # smallest isoFLOP budget is ~10 steps of d2 at batch 32 (whole steps must not overshoot it, slurm/sweep.py)
-        mode = dataclasses.replace(mode, tokens=8000, isoflop_budgets=(2e11, 4e11, 8e11), isoflop_seeds="0",
+    if quick and getattr(args, "full", False):  # the full study's structure at toy budgets (tests)
+        mode = dataclasses.replace(mode, tokens=8000, isoflop_budgets=QUICK_ISOFLOP_BUDGETS, isoflop_seeds="0",
                                    ablation=("model.size=d1", "train.tokens=4000"))
     pick = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)  # noqa: E731
     return Study(

@@ -82,9 +82,10 @@ def test_netguard_catches_a_non_local_connection(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2700)  # the two demo runs below may take 1500 + 900 s (their own limits)
+@pytest.mark.timeout(3000)  # the two demo runs below may take 1500 + 1200 s (their own limits)
 def test_demo_quick_end_to_end_offline_and_resumable(tmp_path):
-    """The whole study at toy budgets, with every non-loopback connection failing and logged."""
+    """The whole study at toy budgets (the quick one, then --full on top of it), with every
+    non-loopback connection failing and logged."""
     home, log = tmp_path / "home", tmp_path / "net.log"
     env = srdd_env(home, PYTHONPATH=f"{NETGUARD}{os.pathsep}{REPO}", SRDD_NETGUARD_LOG=str(log))
     cmd = [sys.executable, "-m", "pretrain.cli", "demo", "--quick", "--sizes", "d1,d2", "--tokens", "8000",
@@ -97,6 +98,7 @@ def test_demo_quick_end_to_end_offline_and_resumable(tmp_path):
     assert first.stdout.strip().splitlines()[-1] == f"report: {report}"
     html = report.read_text()
     assert html.count("data:image/png") >= 6 and "Scaling fits" in html
+    import numpy as np
     import pandas as pd
 
     runs = pd.read_csv(study / "runs.csv")
@@ -125,11 +127,32 @@ def test_demo_quick_end_to_end_offline_and_resumable(tmp_path):
     assert curves["d1-var"].empty
     assert "Claims" in html
 
-    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0, again.stderr[-3000:]
-    for stage in ("shards", "tokenizer", "eval-net", "train", "distill", "distill-study", "edit-study", "eval", "bench",
-                  "isoflop", "ablation"):
+    # --full on top: what the quick study ran is reused (resumed and skipped), the isoFLOP grid
+    # and the ablation grid are added, and their fits and claims are made
+    again = subprocess.run([*cmd, "--full", "--seeds", "0"], env=env, capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    for stage in ("shards", "tokenizer", "eval-net", "train", "distill", "distill-study", "edit-study", "eval", "bench"):
         assert f"[demo] {stage:<10} skipped (complete)" in again.stdout, stage
+    for stage in ("isoflop", "ablation"):
+        assert f"[demo] {stage:<10} done" in again.stdout, stage
+    iso = pd.read_csv(study / "isoflop" / "runs.csv")
+    assert len(iso) == 12 and (iso["status"] == "completed").all()  # 3 budgets x d1, d2 x 2 masks
+    assert (iso.groupby(["size", "mask"])["tokens"].nunique() == 3).all()  # every budget its own step count
+    from slurm.demo import QUICK_ISOFLOP_BUDGETS
+
+    for _, cell in iso.groupby(["size", "mask"]):  # whole steps spend at most 10% over each budget
+        assert (np.sort(cell["flops"].to_numpy()) / np.array(QUICK_ISOFLOP_BUDGETS) - 1).tolist() == pytest.approx(
+            [0.05] * 3, abs=0.05)
+    assert len(pd.read_csv(study / "ablation" / "ablation.csv")) == 8
+    claims = {r["claim"]: r for r in json.loads((study / "claims.json").read_text())["claims"]}
+    levers = [r for c, r in claims.items() if "lever" in c]
+    assert len(levers) == 3 and all(r["verdict"] != "not run" for r in levers)
+    fits = study / "fits"
+    notes = json.loads((fits / "notes.json").read_text()) if (fits / "notes.json").exists() else {}
+    for form in ("chinchilla", "isoflop"):
+        for mask in ("var", "srdd"):
+            name = f"{form}_{mask}.json"
+            assert (fits / name).is_file() or name in notes, name  # fitted, or why not said
 
 
 def test_loader_workers_leave_the_global_rng_alone(pyramid_shards):
