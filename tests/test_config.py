@@ -57,6 +57,7 @@ def test_unknown_key_in_file(tmp_path):
     ("data.source=imagenet", r"data\.source='imagenet'"),
     ("model.attn_window=2", r"model\.attn_window=2 contradicts model\.mask='var'"),
     ("tokenizer.patch_nums=[1,3,2]", r"tokenizer\.patch_nums"),
+    ("train.snapshots=[0.5,1.0]", r"train\.snapshots=\[0\.5, 1\.0\] must be fractions in \(0, 1\)"),
     ("train.lr_peak", r"key=value"),
 ])
 def test_bad_value_names_key_value_and_allowed(override, pattern):
